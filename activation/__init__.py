@@ -1,0 +1,1 @@
+"""activation: a Dagster code location that makes reverse-ETL safe."""
