@@ -125,9 +125,11 @@ def _location(loc: tuple[int | str, ...], raw: object) -> str:
     node = raw
     for item in loc:
         if isinstance(item, int):
-            name = node[item].get("key") if isinstance(node, list) and isinstance(
-                node[item], dict
-            ) else None
+            name = (
+                node[item].get("key")
+                if isinstance(node, list) and isinstance(node[item], dict)
+                else None
+            )
             parts[-1] = f"{parts[-1]}[{item}]" + (f" ({name})" if name else "")
             node = node[item] if isinstance(node, list) and item < len(node) else None
         else:
@@ -149,9 +151,7 @@ def parse_destinations(path: Path) -> tuple[Destination, ...]:
     try:
         return DestinationsFile.model_validate(raw).destinations
     except ValidationError as error:
-        problems = "; ".join(
-            f"{_location(e['loc'], raw)}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(f"{_location(e['loc'], raw)}: {e['msg']}" for e in error.errors())
         raise DestinationsFileError(f"{path}: {problems}") from None
 
 

@@ -39,6 +39,12 @@ class Endpoints:
     hightouch_api_base_url: str
     hightouch_app_url: str
     slack_webhook_url_var: str | None
+    """Variable holding the Slack webhook URL (a secret); None in the sandbox."""
+    slack_webhook_url: str | None = None
+    """The sandbox's Slack stand-in URL (not a secret); None for the real Slack."""
+    airbyte_client_id: bool = False
+    """Whether AIRBYTE_CLIENT_ID / AIRBYTE_CLIENT_SECRET are set (OAuth to Airbyte)."""
+    poll_interval_seconds: float = 2.0
 
 
 def sandbox_url() -> str | None:
@@ -72,6 +78,8 @@ def resolve_endpoints() -> Endpoints:
             hightouch_api_base_url=base + SANDBOX_HIGHTOUCH_PREFIX,
             hightouch_app_url=base + "/hightouch/app",
             slack_webhook_url_var=None,
+            slack_webhook_url=base + SANDBOX_SLACK_WEBHOOK_PATH,
+            poll_interval_seconds=0.25,
         )
     values = require(
         "AIRBYTE_REST_API_BASE_URL",
@@ -90,4 +98,13 @@ def resolve_endpoints() -> Endpoints:
         hightouch_app_url=os.environ.get("HIGHTOUCH_APP_URL", "").strip()
         or HIGHTOUCH_APP_DEFAULT_URL,
         slack_webhook_url_var="SLACK_WEBHOOK_URL",
+        airbyte_client_id=_airbyte_oauth(),
     )
+
+
+def _airbyte_oauth() -> bool:
+    """OAuth to Airbyte when a client id is set; then its secret is required too."""
+    if not os.environ.get("AIRBYTE_CLIENT_ID", "").strip():
+        return False
+    require("AIRBYTE_CLIENT_SECRET")
+    return True

@@ -57,8 +57,10 @@ def test_unknown_field_is_refused(tmp_path: Path) -> None:
         (lambda d: d[1].update(sync_id=d[0]["sync_id"]), "sync_id '101' is declared twice"),
         (lambda d: d[0].update(after=["nowhere"]), "after names unknown destination 'nowhere'"),
         (
-            lambda d: (d[0].update(after=["salesforce_contacts"]),
-                       d[1].update(after=["salesforce_accounts"])),
+            lambda d: (
+                d[0].update(after=["salesforce_contacts"]),
+                d[1].update(after=["salesforce_accounts"]),
+            ),
             "after forms a cycle",
         ),
         (lambda d: (d[0].pop("sync_id"), d[0].pop("sync_slug")), "give sync_id or sync_slug"),

@@ -1,0 +1,48 @@
+"""`make dev`: the sandbox plus `dagster dev`, so the chain can be launched from the Dagster UI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from activation.demo import prepare_dbt_manifest, sandbox_environment
+from activation.paths import data_dir
+
+
+def _default_signals() -> None:
+    # A background shell starts children with SIGINT ignored; dagster dev would then ignore
+    # Ctrl-C and SIGTERM (see ../shared/NOTES.md). Restore the defaults before exec.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run_dev(port: int, sandbox_port: int) -> int:
+    folder = data_dir()
+    home = folder / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
+    with sandbox_environment(folder, port=sandbox_port) as sandbox:
+        prepare_dbt_manifest()
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        print(f"Sandbox on {sandbox.url}; Dagster UI on http://127.0.0.1:{port}")
+        dagster = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-m",
+                "activation.definitions",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            preexec_fn=_default_signals,
+        )
+        try:
+            return dagster.wait()
+        except KeyboardInterrupt:
+            dagster.send_signal(signal.SIGINT)
+            return dagster.wait()

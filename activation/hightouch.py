@@ -1,0 +1,276 @@
+"""A small Hightouch API v1 client on httpx. No Dagster inside: the resource wraps it.
+
+It triggers a sync by id or slug, then polls the run it triggered until the run ends. Timeouts are
+set on every request; 429, 5xx and transport errors are retried with backoff; other 4xx fail at
+once with a message saying what to check. The API token is only ever placed in the Authorization
+header: it is never logged and never part of an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_SUCCESS = frozenset({"success", "warning", "completed_with_errors"})
+TERMINAL_FAILURE = frozenset({"failed", "cancelled", "interrupted"})
+IN_FLIGHT = frozenset({"queued", "querying", "processing", "reporting", "pending"})
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class HightouchError(RuntimeError):
+    """The Hightouch API refused a request or a sync run did not succeed."""
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    @classmethod
+    def from_api(cls, value: object) -> RowCounts:
+        counts = value if isinstance(value, Mapping) else {}
+        return cls(
+            added=int(counts.get("addedCount") or 0),
+            changed=int(counts.get("changedCount") or 0),
+            removed=int(counts.get("removedCount") or 0),
+        )
+
+    @property
+    def total(self) -> int:
+        return self.added + self.changed + self.removed
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """A Hightouch sync run; unknown fields of the API answer are ignored."""
+
+    id: str
+    sync_id: str
+    status: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    query_size: int
+    completion_ratio: float
+    error: str | None
+    planned: RowCounts
+    successful: RowCounts
+    failed: RowCounts
+
+    @classmethod
+    def from_api(cls, sync_id: str, data: Mapping[str, Any]) -> SyncRun:
+        return cls(
+            id=str(data["id"]),
+            sync_id=sync_id,
+            status=str(data.get("status") or "unknown"),
+            created_at=data.get("createdAt"),
+            started_at=data.get("startedAt"),
+            finished_at=data.get("finishedAt"),
+            query_size=int(data.get("querySize") or 0),
+            completion_ratio=float(data.get("completionRatio") or 0.0),
+            error=data.get("error") or None,
+            planned=RowCounts.from_api(data.get("plannedRows")),
+            successful=RowCounts.from_api(data.get("successfulRows")),
+            failed=RowCounts.from_api(data.get("failedRows")),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_SUCCESS or self.status in TERMINAL_FAILURE
+
+
+def retry_delay(attempt: int, response: httpx.Response | None, *, base: float, cap: float) -> float:
+    """Seconds to wait before retry `attempt` (1-based): Retry-After when given, else backoff.
+
+    Retry-After may be seconds or an HTTP date. Without it: exponential backoff with full jitter,
+    so many clients throttled together do not retry in lockstep.
+    """
+    header = response.headers.get("Retry-After") if response is not None else None
+    if header:
+        header = header.strip()
+        if header.isdigit():
+            return min(float(header), cap)
+        parsed = email.utils.parsedate_to_datetime(header) if header else None
+        if parsed is not None:
+            return min(max(parsed.timestamp() - time.time(), 0.0), cap)
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+class HightouchClient:
+    """Talks to one Hightouch workspace.
+
+    Example:
+        client = HightouchClient("https://api.hightouch.com/api/v1", token)
+        run = client.sync_and_wait(sync_id="101")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        app_url: str = "https://app.hightouch.com",
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not token:
+            raise HightouchError("the Hightouch API token is empty (HIGHTOUCH_API_TOKEN)")
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            transport=transport,
+        )
+        self.app_url = app_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self.request_count = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HightouchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
+        """One API call with retries; `what` names the call in errors ("trigger sync 101")."""
+        last_problem = ""
+        for attempt in range(1, self.max_retries + 2):
+            response: httpx.Response | None = None
+            try:
+                self.request_count += 1
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                last_problem = f"{type(error).__name__}"
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        last_problem = f"HTTP {response.status_code} with a body that is not JSON"
+                elif response.status_code in _RETRYABLE_STATUS:
+                    last_problem = f"HTTP {response.status_code}"
+                else:
+                    raise HightouchError(self._explain(what, response))
+            if attempt > self.max_retries:
+                break
+            delay = retry_delay(attempt, response, base=self.backoff_base, cap=self.backoff_cap)
+            logger.warning(
+                "Hightouch %s: %s; retry %d of %d in %.1fs",
+                what,
+                last_problem,
+                attempt,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+        raise HightouchError(
+            f"Hightouch {what}: gave up after {self.max_retries + 1} attempts ({last_problem})"
+        )
+
+    @staticmethod
+    def _explain(what: str, response: httpx.Response) -> str:
+        hint = {
+            401: "check HIGHTOUCH_API_TOKEN: the API rejected the token",
+            403: "check that the API token's workspace may run this sync",
+            404: "check the sync id or slug in destinations.yaml: Hightouch does not know it",
+        }.get(response.status_code, "the request was refused; check the sync's configuration")
+        try:
+            detail = response.json().get("message") or response.text[:200]
+        except ValueError:
+            detail = response.text[:200]
+        return f"Hightouch {what}: HTTP {response.status_code} ({detail}); {hint}"
+
+    # -- API --------------------------------------------------------------------------------------
+
+    def resolve_sync_id(self, sync_slug: str) -> str:
+        """The id of the sync with this slug (runs are read by sync id)."""
+        data = self._request("GET", "/syncs", params={"slug": sync_slug}, what=f"find {sync_slug}")
+        matches = [s for s in data.get("data") or [] if s.get("slug") == sync_slug]
+        if not matches:
+            raise HightouchError(
+                f"Hightouch has no sync with slug {sync_slug!r}; check sync_slug in "
+                "destinations.yaml"
+            )
+        return str(matches[0]["id"])
+
+    def trigger(self, sync_id: str, *, full_resync: bool = False, reset_cdc: bool = False) -> str:
+        """Start a run of the sync; returns the new run's id."""
+        body = {"fullResync": full_resync, "resetCDC": reset_cdc}
+        data = self._request(
+            "POST", f"/syncs/{sync_id}/trigger", json=body, what=f"trigger sync {sync_id}"
+        )
+        return str(data["id"])
+
+    def get_run(self, sync_id: str, run_id: str) -> SyncRun | None:
+        """The run, or None while Hightouch does not list it yet."""
+        data = self._request(
+            "GET",
+            f"/syncs/{sync_id}/runs",
+            params={"runId": run_id},
+            what=f"read run {run_id} of sync {sync_id}",
+        )
+        for item in data.get("data") or []:
+            if str(item.get("id")) == run_id:
+                return SyncRun.from_api(sync_id, item)
+        return None
+
+    def run_url(self, sync_id: str, run_id: str) -> str:
+        return f"{self.app_url}/syncs/{sync_id}/runs/{run_id}"
+
+    def wait_for_run(
+        self,
+        sync_id: str,
+        run_id: str,
+        *,
+        poll_interval: float = 1.0,
+        poll_timeout: float = 3600.0,
+    ) -> SyncRun:
+        """Poll until the run ends; raises when it fails or the timeout passes."""
+        deadline = time.monotonic() + poll_timeout
+        warned_statuses: set[str] = set()
+        while True:
+            run = self.get_run(sync_id, run_id)
+            if run is not None and run.finished:
+                if run.status in TERMINAL_FAILURE:
+                    raise HightouchError(
+                        f"Hightouch run {run_id} of sync {sync_id} ended {run.status}: "
+                        f"{run.error or 'no error message'} ({self.run_url(sync_id, run_id)})"
+                    )
+                return run
+            if run is not None and run.status not in IN_FLIGHT | warned_statuses:
+                warned_statuses.add(run.status)
+                logger.warning(
+                    "Hightouch run %s reports unknown status %r; treating it as running",
+                    run_id,
+                    run.status,
+                )
+            if time.monotonic() >= deadline:
+                raise HightouchError(
+                    f"Hightouch run {run_id} of sync {sync_id} did not finish within "
+                    f"{poll_timeout:.0f}s ({self.run_url(sync_id, run_id)}). Hightouch has no "
+                    "cancel endpoint: the run may still finish; check it there."
+                )
+            self._sleep(poll_interval)

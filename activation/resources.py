@@ -1,0 +1,61 @@
+"""Resources bound from the environment. Secrets are `EnvVar`s, never literals or run config."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from activation.hightouch import HightouchClient
+from activation.notify import post_json
+
+
+class HightouchResource(dg.ConfigurableResource):
+    """The Hightouch workspace the sync assets trigger runs in."""
+
+    api_base_url: str = Field(
+        description="Hightouch API base, e.g. https://api.hightouch.com/api/v1"
+    )
+    api_token: str = Field(
+        description="Hightouch API key (bind with EnvVar('HIGHTOUCH_API_TOKEN'))."
+    )
+    app_url: str = Field(
+        default="https://app.hightouch.com", description="Where links to sync runs point."
+    )
+    connect_timeout_seconds: float = Field(default=10.0, description="TCP connect timeout.")
+    read_timeout_seconds: float = Field(default=30.0, description="Read timeout per request.")
+    max_retries: int = Field(
+        default=5, description="Retries for 429, 5xx and connection errors (never for other 4xx)."
+    )
+    poll_interval_seconds: float = Field(
+        default=2.0, description="Seconds between reads of a running sync run."
+    )
+    poll_timeout_seconds: float = Field(
+        default=3600.0, description="A run still going after this long fails the step."
+    )
+
+    def get_client(self) -> HightouchClient:
+        return HightouchClient(
+            self.api_base_url,
+            self.api_token,
+            app_url=self.app_url,
+            connect_timeout=self.connect_timeout_seconds,
+            read_timeout=self.read_timeout_seconds,
+            max_retries=self.max_retries,
+        )
+
+
+class SlackWebhookResource(dg.ConfigurableResource):
+    """A Slack incoming webhook (its URL carries a secret: bind it with an EnvVar)."""
+
+    webhook_url: str = Field(description="Incoming webhook URL (EnvVar('SLACK_WEBHOOK_URL')).")
+    timeout_seconds: float = Field(default=10.0, description="Timeout per attempt.")
+    attempts: int = Field(default=3, description="Attempts before the message is given up.")
+
+    def post(self, message: dict) -> None:
+        post_json(
+            self.webhook_url,
+            message,
+            timeout=self.timeout_seconds,
+            attempts=self.attempts,
+            what="Slack message",
+        )
