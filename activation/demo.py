@@ -35,13 +35,10 @@ class ChainResult:
 
 def prepare_dbt_manifest() -> Path:
     """`dbt parse`, so `@dbt_assets` can read the manifest when definitions load."""
-    from dagster_dbt import DbtCliResource
-
     from activation.dbt_project import dbt_project
+    from activation.transform import build_dbt_resource
 
-    DbtCliResource(project_dir=dbt_project, target=dbt_project.target).cli(
-        ["parse", "--quiet"], target_path=dbt_project.target_path
-    ).wait()
+    build_dbt_resource().cli(["parse", "--quiet"], target_path=dbt_project.target_path).wait()
     return dbt_project.manifest_path
 
 

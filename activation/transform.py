@@ -4,7 +4,9 @@ dbt tests become asset checks; error-severity tests are blocking, so a failing t
 chain inside the run before any sync step starts.
 """
 
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -57,4 +59,10 @@ def build_dbt_assets() -> dg.AssetsDefinition:
 
 
 def build_dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=dbt_project, target=dbt_project.target)
+    # The dbt installed beside this interpreter, so a run works whether or not the virtualenv's
+    # bin folder is on PATH (pytest, the daemon and `dagster dev` are not always started from it).
+    beside_python = Path(sys.executable).parent / "dbt"
+    executable = str(beside_python) if beside_python.exists() else "dbt"
+    return DbtCliResource(
+        project_dir=dbt_project, target=dbt_project.target, dbt_executable=executable
+    )
