@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,14 +66,16 @@ def sandbox_environment(
                 os.environ[key] = value
 
 
-def run_chain(instance: dg.DagsterInstance) -> ChainResult:
+def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") -> ChainResult:
     """Load the code location as Dagster would and execute the `activate` job once."""
     from activation.activate import sync_asset_key
     from activation.definitions import build_definitions
 
     definitions = build_definitions()
     result = definitions.resolve_job_def("activate").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
     )
     syncs: dict[str, dict[str, object]] = {}
     keys = {sync_asset_key(d): d.key for d in load_destinations()}
@@ -127,9 +130,12 @@ def run_demo(folder: Path | None = None) -> int:
         print(f"Sandbox on {sandbox.url}; data in {folder}")
         prepare_dbt_manifest()
         instance = dg.DagsterInstance.ephemeral()
+        # The demo prints its own tables; the full event log stays in the run's records.
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        quiet = "CRITICAL"
 
         print("\n== 1. Good source data: Airbyte -> dbt build (blocking tests) -> Hightouch")
-        good = run_chain(instance)
+        good = run_chain(instance, quiet)
         print(_table(good, destinations))
         print(f"  dbt checks: {good.passed_checks} passed, {len(good.failed_checks)} failed")
         if not good.success or len(good.syncs) != len(destinations):
@@ -141,7 +147,7 @@ def run_demo(folder: Path | None = None) -> int:
 
         print("\n== 2. Bad source rows (duplicate ids, null and malformed emails)")
         sandbox.set_scenario(bad_rows=True)
-        bad = run_chain(instance)
+        bad = run_chain(instance, quiet)
         print(f"  blocking checks failed: {len(bad.failed_checks)}")
         for check in bad.failed_checks:
             print(f"    - {check}")
