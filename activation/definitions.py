@@ -52,7 +52,7 @@ def build_definitions() -> dg.Definitions:
         description="The whole chain: Airbyte sync, dbt build with blocking tests, then the "
         "Hightouch syncs and the Slack report.",
     )
-    return dg.Definitions(
+    core = dg.Definitions(
         assets=assets,
         jobs=[activate_job],
         resources={
@@ -61,6 +61,11 @@ def build_definitions() -> dg.Definitions:
             "hightouch": hightouch,
             "slack": slack,
         },
+    )
+    # One builder per concern, each in its own module, each returning its own Definitions.
+    # Resource keys must not repeat across builders (merge refuses a conflicting key).
+    return dg.Definitions.merge(
+        core,
     )
 
 

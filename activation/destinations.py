@@ -36,6 +36,39 @@ class Owner(BaseModel):
     )
 
 
+class FailurePolicy(BaseModel):
+    """How many rows a Hightouch run may fail before the sync step fails (or warns)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_failed_rows: int | None = Field(
+        default=None, ge=0, description="Most failed rows a run may have; unset means no limit."
+    )
+    max_failed_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Largest share of planned rows that may fail (0.01 = 1 %); unset: no limit.",
+    )
+    on_exceed: Literal["fail", "warn"] = Field(
+        default="fail", description="Fail the step, or only warn, when a limit is exceeded."
+    )
+
+
+class Guards(BaseModel):
+    """Limits checked in the warehouse before a trigger; over a limit the sync is blocked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_removed_ratio: float | None = Field(default=None, ge=0, le=1)
+    max_changed_ratio: float | None = Field(default=None, ge=0, le=1)
+    max_removed_rows: int | None = Field(default=None, ge=0)
+    max_changed_rows: int | None = Field(default=None, ge=0)
+    required_columns: tuple[str, ...] = Field(
+        default=(), description="Mapped columns that must never be null (primary key always is)."
+    )
+
+
 class Destination(BaseModel):
     """One Hightouch sync fed by one activation mart."""
 
@@ -54,6 +87,11 @@ class Destination(BaseModel):
     after: tuple[str, ...] = Field(
         default=(), description="Keys of destinations whose sync must succeed before this one."
     )
+    wave: int = Field(
+        default=1, ge=1, description="Full-resync wave; wave 2 starts after wave 1 and a pause."
+    )
+    failure_policy: FailurePolicy = FailurePolicy()
+    guards: Guards = Guards()
 
     @model_validator(mode="after")
     def _needs_a_sync_reference(self) -> Destination:
@@ -62,7 +100,15 @@ class Destination(BaseModel):
         for column in self.mapped_columns:
             if not re.match(_IDENTIFIER, column):
                 raise ValueError(f"mapped column {column!r} is not a plain lower-case identifier")
+        for column in self.guards.required_columns:
+            if column not in self.mapped_columns:
+                raise ValueError(f"guards.required_columns names {column!r}, not a mapped column")
         return self
+
+    @property
+    def pool(self) -> str:
+        """Dagster concurrency pool: two runs never sync the same destination at once."""
+        return f"hightouch_{self.key}"
 
     @property
     def sync_reference(self) -> str:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from activation.demo import prepare_dbt_manifest, sandbox_environment
-from activation.paths import data_dir
+from activation.paths import PROJECT_ROOT, data_dir
 
 
 def _default_signals() -> None:
@@ -33,8 +33,8 @@ def run_dev(port: int, sandbox_port: int) -> int:
                 "-m",
                 "dagster",
                 "dev",
-                "-m",
-                "activation.definitions",
+                "-w",
+                str(PROJECT_ROOT / "workspace.yaml"),
                 "-p",
                 str(port),
             ],
