@@ -8,9 +8,12 @@ to clients that ask for one, and every request is served with or without it.
 
 A sync job goes pending -> running -> succeeded in a daemon thread (`JobEngine`), each phase
 lasting `phase_seconds`; at the end of the running phase it lands every stream as Parquet with
-`generator.land_streams`, using the scenario in force when the job was triggered.
+`generator.land_streams`, using the scenario in force when the job was triggered; with a
+PostgreSQL warehouse the landing is also loaded into its `raw.<stream>` tables (`warehouse.py`).
 
 Sandbox-only: `GET/POST /sandbox/scenario` (what later syncs land) and `GET /sandbox/airbyte/jobs`.
+An injected `airbyte_job` fault (`activation.sandbox.faults`) makes a job end failed or cancelled
+after its running phase, or stay running until it is cancelled.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from activation.environment import (
     SANDBOX_AIRBYTE_WORKSPACE_ID,
 )
 from activation.sandbox.context import SandboxContext
+from activation.sandbox.fault_specs import JobFault
+from activation.sandbox.faults import FaultRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +265,7 @@ class Job:
     bytes_synced: int = 0
     error: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    fault: JobFault | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The REST API's JobResponse."""
@@ -284,7 +290,14 @@ class JobEngine:
     """The job table and one daemon thread per active job. A lock guards the table; threads
     sleep on their job's `stop` event, so a cancel, a reset or the shutdown wakes them at once."""
 
-    def __init__(self, land: Lander, raw_dir: Path, phase_seconds: float) -> None:
+    def __init__(
+        self,
+        land: Lander,
+        raw_dir: Path,
+        phase_seconds: float,
+        faults: FaultRegistry | None = None,
+    ) -> None:
+        self._faults = faults
         self._land = land
         self._raw_dir = raw_dir
         self._phase_seconds = phase_seconds
@@ -306,6 +319,7 @@ class JobEngine:
                 )
             now = datetime.now(UTC)
             job = Job(next(self._ids), connection_id, dict(scenario), now, now)
+            job.fault = self._faults.take_job(connection_id) if self._faults else None
             self._jobs[job.id] = job
             thread = threading.Thread(
                 target=self._run, args=(job,), name=f"airbyte-job-{job.id}", daemon=True
@@ -370,10 +384,24 @@ class JobEngine:
             job.updated_at = datetime.now(UTC)
             return True
 
+    def _injected_end(self, job: Job) -> bool:
+        """Apply the job's injected fault, if any; True when the job must not land anything."""
+        if job.fault is None:
+            return False
+        if job.fault.outcome == "running":
+            job.stop.wait()  # until cancelled, reset or shut down
+        elif job.fault.outcome == "failed":
+            with self._lock:
+                job.error = job.fault.error
+            self._advance(job, "failed")
+        else:
+            self._advance(job, "cancelled")
+        return True
+
     def _run(self, job: Job) -> None:
         if job.stop.wait(self._phase_seconds) or not self._advance(job, "running"):
             return
-        if job.stop.wait(self._phase_seconds):
+        if job.stop.wait(self._phase_seconds) or self._injected_end(job):
             return
         try:
             rows = self._land(job.scenario, datetime.now(UTC))
@@ -639,22 +667,24 @@ def _problems(handler: Callable) -> Callable:
     return wrapped
 
 
-def routes(context: SandboxContext) -> list[BaseRoute]:
+def routes(context: SandboxContext, faults: FaultRegistry | None = None) -> list[BaseRoute]:
     settings = context.settings
 
     def land(scenario: dict[str, Any], extracted_at: datetime) -> dict[str, int]:
         from activation.sandbox import generator
 
-        return generator.land_streams(
+        rows = generator.land_streams(
             settings.raw_dir, settings.rows, generator.Scenario(**scenario), extracted_at
         )
+        context.warehouse.land_raw(settings.raw_dir, tuple(rows))
+        return rows
 
     def schemas() -> dict[str, dict]:
         from activation.sandbox import generator
 
         return generator.stream_json_schemas()
 
-    engine = JobEngine(land, settings.raw_dir, settings.phase_seconds)
+    engine = JobEngine(land, settings.raw_dir, settings.phase_seconds, faults)
     api = AirbyteApi(engine, schemas)
     context.on_reset(api.reset)
     context.on_shutdown(engine.shutdown)

@@ -11,6 +11,8 @@ from pathlib import Path
 import duckdb
 
 from activation.destinations import Destination, load_destinations
+from activation.paths import warehouse_target
+from activation.sandbox.warehouse import Warehouse, open_warehouse
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,12 @@ class SandboxSettings:
     hightouch_token: str | None = None
     """When set, only this Bearer token is accepted; otherwise any non-empty token is."""
     destinations_file: Path | None = None
+    warehouse_target: str = field(default_factory=warehouse_target)
+    """dbt's target: `duckdb` (the file below) or `postgres` (the ACTIVATION_PG_* variables)."""
 
     @property
     def warehouse_path(self) -> Path:
+        """The DuckDB warehouse file (used when the target is duckdb)."""
         return self.data_dir / "warehouse.duckdb"
 
     @property
@@ -66,6 +71,8 @@ class SandboxContext:
     settings: SandboxSettings
     destinations: tuple[Destination, ...]
     store: SandboxStore
+    warehouse: Warehouse
+    """Where the Airbyte stand-in lands raw streams and the Hightouch stand-in reads marts."""
     _reset_hooks: list[Callable[[], None]] = field(default_factory=list)
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
@@ -73,10 +80,13 @@ class SandboxContext:
     def create(cls, settings: SandboxSettings) -> SandboxContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
+        # Opened first: a misconfigured warehouse stops the sandbox at start, naming what to set.
+        warehouse = open_warehouse(settings.warehouse_target, settings.warehouse_path)
         return cls(
             settings=settings,
             destinations=load_destinations(settings.destinations_file),
             store=SandboxStore(settings.store_path),
+            warehouse=warehouse,
         )
 
     def on_reset(self, hook: Callable[[], None]) -> None:

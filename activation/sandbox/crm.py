@@ -10,6 +10,9 @@ Batch limits follow each API: Salesforce Bulk API 5,000 records per call (the co
 setting), HubSpot batch endpoints 100 inputs, Braze `/users/track` 75 objects, Iterable bulk
 update 1,000 by default, changed with the `ACTIVATION_SANDBOX_ITERABLE_BATCH_SIZE` environment
 variable (read when the sandbox starts).
+
+An injected `crm_status` fault (`activation.sandbox.faults`) makes a call raise
+`DestinationUnavailableError` before anything is stored, as an API outage would.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from activation.sandbox.context import SandboxContext, SandboxStore
+from activation.sandbox.faults import FaultRegistry
 
 ITERABLE_BATCH_SIZE_VAR = "ACTIVATION_SANDBOX_ITERABLE_BATCH_SIZE"
 _FIXED_BATCH_LIMITS = {"salesforce": 5000, "hubspot": 100, "braze": 75}
@@ -60,6 +64,19 @@ class BatchTooLargeError(ValueError):
     """A batch above the API's limit: the real API would refuse it, so the caller has a bug."""
 
 
+class DestinationUnavailableError(RuntimeError):
+    """The CRM answered an HTTP error to the whole call (an injected fault): nothing was stored."""
+
+    def __init__(self, destination_type: str, status: int) -> None:
+        super().__init__(f"the {destination_type} API answered HTTP {status}")
+        self.destination_type = destination_type
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+
 @dataclass(frozen=True)
 class RecordResult:
     """The destination's answer for one record of a batch."""
@@ -90,8 +107,9 @@ def record_problem(fields: Mapping[str, Any]) -> str | None:
 class CrmStandIns:
     """The four CRMs' state, kept in the sandbox store (several instances share it safely)."""
 
-    def __init__(self, store: SandboxStore) -> None:
+    def __init__(self, store: SandboxStore, faults: FaultRegistry | None = None) -> None:
         self._store = store
+        self._faults = faults
         self.limits = batch_limits()
         with store.lock, store.cursor() as cursor:
             cursor.execute(_SCHEMA)
@@ -108,6 +126,7 @@ class CrmStandIns:
         exactly the last accepted payload.
         """
         self._refuse_oversized(destination_type, len(records))
+        self._answer_injected_fault(destination_type)
         results = [
             RecordResult(str(r["id"]), ok=problem is None, error=problem)
             for r in records
@@ -139,6 +158,7 @@ class CrmStandIns:
     ) -> list[RecordResult]:
         """Delete records by id; deleting a record that is already gone succeeds (idempotent)."""
         self._refuse_oversized(destination_type, len(record_ids))
+        self._answer_injected_fault(destination_type)
         results = [RecordResult(str(record_id), ok=True) for record_id in record_ids]
         with self._store.lock, self._store.cursor() as cursor:
             cursor.execute(
@@ -191,6 +211,11 @@ class CrmStandIns:
     def reset(self) -> None:
         with self._store.lock, self._store.cursor() as cursor:
             cursor.execute("DELETE FROM crm_records; DELETE FROM crm_calls;")
+
+    def _answer_injected_fault(self, destination_type: str) -> None:
+        status = self._faults.take_crm(destination_type) if self._faults else None
+        if status is not None:
+            raise DestinationUnavailableError(destination_type, status)
 
     def _refuse_oversized(self, destination_type: str, size: int) -> None:
         limit = self.batch_limit(destination_type)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from activation.destinations import Destination
 from activation.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.sandbox.context import SandboxContext
 from activation.sandbox.crm import CrmStandIns, batch_limits
+from activation.sandbox.faults import FaultRegistry
 from activation.sandbox.sync_engine import SyncEngine, iso_timestamp
 
 WORKSPACE_ID = "1"
@@ -88,6 +90,32 @@ def sync_definitions(destinations: Sequence[Destination]) -> list[SyncDefinition
             destination=d,
         )
         for index, d in enumerate(destinations, start=1)
+    ]
+
+
+STAGING_SYNCS_VAR = "ACTIVATION_SANDBOX_STAGING_SYNCS"
+
+
+def staging_sync_definitions(production: Sequence[SyncDefinition]) -> list[SyncDefinition]:
+    """A staging twin of each sync, for the promote job: slug `<slug>-staging`, same mart, and
+    `<object>_staging` in the same CRM stand-in; ids continue after the highest one. Added only
+    when ACTIVATION_SANDBOX_STAGING_SYNCS=1 is set when the sandbox starts."""
+    ids = itertools.count(max((int(s.id) for s in production), default=0) + 1)
+    return [
+        SyncDefinition(
+            id=str(next(ids)),
+            slug=f"{s.slug}-staging",
+            model_id=s.model_id,
+            destination=s.destination.model_copy(
+                update={
+                    "key": f"{s.destination.key}_staging",
+                    "object": f"{s.destination.object}_staging",
+                    "sync_id": None,
+                    "sync_slug": f"{s.slug}-staging",
+                }
+            ),
+        )
+        for s in production
     ]
 
 
@@ -205,7 +233,7 @@ class HightouchApi:
         return JSONResponse({"id": self._engine.trigger(sync.id, **options)})
 
     async def list_runs(self, request: Request) -> JSONResponse:
-        runs = self._engine.runs(self._sync(_path_number(request, "syncId")).id)
+        runs = self._engine.runs(self._sync(_path_number(request, "syncId")).id, polled=True)
         params = request.query_params
         run_id = _number(params, "runId", None)
         if run_id is not None:
@@ -314,14 +342,17 @@ def _trigger_options(body: dict[str, Any]) -> dict[str, bool]:
     return {option: body.get(name, False) for option, name in options.items()}
 
 
-def routes(context: SandboxContext) -> list[BaseRoute]:
+def routes(context: SandboxContext, faults: FaultRegistry | None = None) -> list[BaseRoute]:
     definitions = sync_definitions(context.destinations)
+    if os.environ.get(STAGING_SYNCS_VAR, "").strip() in ("1", "true", "yes"):
+        definitions += staging_sync_definitions(definitions)
     engine = SyncEngine(
         store=context.store,
-        crm=CrmStandIns(context.store),
-        warehouse_path=context.settings.warehouse_path,
+        crm=CrmStandIns(context.store, faults=faults),
+        warehouse=context.warehouse,
         phase_seconds=context.settings.phase_seconds,
         syncs={s.id: s.destination for s in definitions},
+        faults=faults,
     )
     context.on_reset(engine.reset)
     context.on_shutdown(engine.shutdown)

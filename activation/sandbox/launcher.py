@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,6 +58,41 @@ class SandboxProcess:
             response = http.get("/sandbox/hightouch/triggers")
             response.raise_for_status()
             return {str(k): int(v) for k, v in response.json().items()}
+
+    def inject_fault(self, **spec: Any) -> dict[str, Any]:
+        """Add a fault (spec in `activation.sandbox.faults`); returns it with its `id`.
+
+        Example: `sandbox.inject_fault(kind="status", status=429, retry_after=1, sync_id="101")`.
+        A spec the sandbox refuses raises `ValueError` with its explanation.
+        """
+        with self.client() as http:
+            response = http.post("/sandbox/faults", json=spec)
+            if response.status_code == 422:
+                raise ValueError(response.json()["message"])
+            response.raise_for_status()
+            return response.json()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Every fault added since the last clear, with `remaining` and `hits`."""
+        with self.client() as http:
+            response = http.get("/sandbox/faults")
+            response.raise_for_status()
+            return response.json()["faults"]
+
+    def clear_faults(self) -> None:
+        with self.client() as http:
+            http.delete("/sandbox/faults").raise_for_status()
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests received per "METHOD /path" (control paths under /sandbox/ excluded)."""
+        with self.client() as http:
+            response = http.get("/sandbox/requests")
+            response.raise_for_status()
+            return {str(k): int(v) for k, v in response.json()["counts"].items()}
+
+    def clear_request_counts(self) -> None:
+        with self.client() as http:
+            http.delete("/sandbox/requests").raise_for_status()
 
     def notifications(self, sink: str) -> list[dict]:
         with self.client() as http:

@@ -8,6 +8,11 @@ parallel. Each run goes querying -> processing -> reporting, each phase lasting 
 - querying: copy the mart from the warehouse and plan the diff (`sync_plan`);
 - processing: send upserts and deletes to the CRM stand-in in that API's batch size;
 - reporting: move the snapshot forward for the rows that went through.
+
+A CRM call answered 429 or 5xx is retried (`CRM_ATTEMPTS` in all) before the run fails, as
+Hightouch retries destination errors. Injected run faults (`fault_specs.RunFault`, taken when the
+run is triggered) can hold a run in `processing`, end it early with a chosen status, make the
+destination reject a share of rows, or report an unknown status for a few polls.
 """
 
 from __future__ import annotations
@@ -21,18 +26,27 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from activation.destinations import Destination
 from activation.sandbox import sync_plan
 from activation.sandbox.context import SandboxStore
-from activation.sandbox.crm import CrmStandIns, RecordResult
+from activation.sandbox.crm import CrmStandIns, DestinationUnavailableError, RecordResult
+from activation.sandbox.fault_specs import RunFault
+from activation.sandbox.faults import FaultRegistry
 from activation.sandbox.sync_plan import OPERATIONS, RunFailedError, SyncTables
-from activation.sandbox.warehouse import MartUnavailableError, copy_mart
+from activation.sandbox.warehouse import MartUnavailableError, Warehouse
 
 logger = logging.getLogger(__name__)
 RESET_WAIT_SECONDS = 30.0
+CRM_ATTEMPTS = 3
+CRM_RETRY_SECONDS = 0.05
+UNKNOWN_STATUS_MAX_SECONDS = 300.0
+"""An unknown status nobody polls gives way to the real outcome after this long."""
+HELD_RUN_PROGRESS = 0.99
+"""The completion ratio a held run reaches by the end of its hold; delivery does the rest. Near 1,
+so the ratio rises steadily over the whole run, as a client extrapolating it would expect."""
+INJECTED_REJECTION = "INJECTED_REJECTION: the destination rejected this record (sandbox fault)"
 
 
 def iso_timestamp(moment: datetime | None) -> str | None:
@@ -81,6 +95,8 @@ class Run:
     planned: RowCounts = field(default_factory=RowCounts)
     successful: RowCounts = field(default_factory=RowCounts)
     failed: RowCounts = field(default_factory=RowCounts)
+    fault: RunFault | None = None
+    unknown_reads_left: int = 0
 
     def to_api(self) -> dict[str, Any]:
         """The SyncRun object of the Hightouch API."""
@@ -101,6 +117,14 @@ class Run:
 
 class _Interrupted(Exception):
     """A reset or the server's shutdown stopped the run."""
+
+
+class _InjectedEnd(Exception):
+    """An injected fault ends the run early with this status and error."""
+
+    def __init__(self, status: str, error: str | None) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
 
 
 class _SyncWorker:
@@ -157,13 +181,15 @@ class SyncEngine:
         self,
         store: SandboxStore,
         crm: CrmStandIns,
-        warehouse_path: Path,
+        warehouse: Warehouse,
         phase_seconds: float,
         syncs: Mapping[str, Destination],
+        faults: FaultRegistry | None = None,
     ) -> None:
+        self._faults = faults
         self._store = store
         self._crm = crm
-        self._warehouse_path = warehouse_path
+        self._warehouse = warehouse
         self._phase_seconds = phase_seconds
         self._syncs = dict(syncs)
         self._lock = threading.Lock()
@@ -182,6 +208,7 @@ class SyncEngine:
 
     def trigger(self, sync_id: str, *, full_resync: bool = False, reset_cdc: bool = False) -> str:
         """Queue a run of the sync; returns its id."""
+        fault = self._faults.take_run(sync_id) if self._faults else None
         with self._lock:
             run = Run(
                 id=str(next(self._run_ids)),
@@ -190,15 +217,22 @@ class SyncEngine:
                 full_resync=full_resync,
                 reset_cdc=reset_cdc,
                 generation=self._generation,
+                fault=fault,
             )
             self._runs[sync_id].append(run)
             self._triggers[sync_id] += 1
         self._workers[sync_id].submit(run)
         return run.id
 
-    def runs(self, sync_id: str) -> list[dict[str, Any]]:
-        """The sync's runs as API objects, oldest first."""
+    def runs(self, sync_id: str, *, polled: bool = False) -> list[dict[str, Any]]:
+        """The sync's runs as API objects, oldest first. `polled`: a client reads the runs
+        list, which counts down a run's injected unknown status."""
         with self._lock:
+            if polled:
+                for run in self._runs[sync_id]:
+                    showing = run.fault is not None and run.status == run.fault.unknown_status
+                    if showing and run.unknown_reads_left:
+                        run.unknown_reads_left -= 1
             return [run.to_api() for run in self._runs[sync_id]]
 
     def trigger_counts(self) -> dict[str, int]:
@@ -236,6 +270,8 @@ class SyncEngine:
             self._run_phases(run, destination)
         except (RunFailedError, MartUnavailableError) as error:
             self._finish(run, "failed", str(error))
+        except _InjectedEnd as end:
+            self._finish(run, end.status, end.error)
         except _Interrupted:
             self._finish(run, "interrupted", "the run was interrupted (sandbox reset or shutdown)")
         except Exception as error:  # a bug in the stand-in: make it visible on the run
@@ -251,15 +287,20 @@ class SyncEngine:
             self._finish(run, "success", None)
             return
         with self._phase(run, "processing"):
+            self._hold(run)
+            if run.fault is not None and run.fault.ends_early:
+                raise _InjectedEnd(str(run.fault.outcome), run.fault.run_error)
             failed_ids, first_error = self._deliver(run, destination)
         with self._phase(run, "reporting"), self._store.cursor() as cursor:
             sync_plan.update_snapshot(cursor, destination, failed_ids, full_resync=run.full_resync)
-        self._finish(run, *self._outcome(run, first_error))
+        status, error = self._outcome(run, first_error)
+        if run.fault is not None and run.fault.outcome == "warning" and status == "success":
+            status, error = "warning", run.fault.run_error
+        self._finish(run, status, error)
 
     def _query(self, run: Run, destination: Destination) -> None:
-        size = copy_mart(
+        size = self._warehouse.copy_mart(
             self._store,
-            self._warehouse_path,
             destination.mart,
             key=destination.primary_key,
             columns=destination.mapped_columns,
@@ -277,6 +318,7 @@ class SyncEngine:
         """Send the plan in batches; returns the rejected keys and the first rejection reason."""
         limit = self._crm.batch_limit(destination.destination_type)
         total = max(run.planned.total, 1)
+        rejected_positions = run.fault.rejected_positions(run.planned.total) if run.fault else ()
         done = 0
         failed_ids: list[str] = []
         first_error: str | None = None
@@ -285,7 +327,17 @@ class SyncEngine:
                 records = sync_plan.planned_records(cursor, destination, operation)
             for start in range(0, len(records), limit):
                 self._check(run)
-                results = self._send(destination, operation, records[start : start + limit])
+                batch = records[start : start + limit]
+                injected = [
+                    RecordResult(str(record["id"]), ok=False, error=INJECTED_REJECTION)
+                    for position, record in enumerate(batch, start=done)
+                    if position in rejected_positions
+                ]
+                if injected:  # rejected rows never reach the CRM stand-in
+                    refused = {result.id for result in injected}
+                    batch = [record for record in batch if str(record["id"]) not in refused]
+                results = self._send(run, destination, operation, batch) if batch else []
+                results = results + injected
                 rejected = [result for result in results if not result.ok]
                 failed_ids.extend(result.id for result in rejected)
                 first_error = first_error or next((r.error for r in rejected), None)
@@ -293,16 +345,30 @@ class SyncEngine:
                 with self._lock:
                     _count(run.successful, operation, len(results) - len(rejected))
                     _count(run.failed, operation, len(rejected))
-                    run.completion_ratio = round(done / total, 4)
+                    # max: a held run already reported progress; the ratio never goes back
+                    run.completion_ratio = max(run.completion_ratio, round(done / total, 4))
         return failed_ids, first_error
 
     def _send(
-        self, destination: Destination, operation: str, records: list[dict[str, Any]]
+        self, run: Run, destination: Destination, operation: str, records: list[dict[str, Any]]
     ) -> list[RecordResult]:
+        """One batch to the CRM; 429 and 5xx answers are retried, then fail the run."""
         kind, object_name = destination.destination_type, destination.object
-        if operation == "removed":
-            return self._crm.delete(kind, object_name, [record["id"] for record in records])
-        return self._crm.upsert(kind, object_name, records)
+        for attempt in range(1, CRM_ATTEMPTS + 1):
+            try:
+                if operation == "removed":
+                    return self._crm.delete(kind, object_name, [r["id"] for r in records])
+                return self._crm.upsert(kind, object_name, records)
+            except DestinationUnavailableError as error:
+                if not error.retryable or attempt == CRM_ATTEMPTS:
+                    tries = f" on {attempt} attempts" if error.retryable else ""
+                    raise RunFailedError(
+                        f"DESTINATION_ERROR: {error}{tries} for a batch of {len(records)} "
+                        f"{operation} {object_name} records; the run stopped"
+                    ) from error
+                self._stopping.wait(CRM_RETRY_SECONDS * 2 ** (attempt - 1))
+                self._check(run)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _outcome(run: Run, first_error: str | None) -> tuple[str, str | None]:
@@ -335,8 +401,33 @@ class SyncEngine:
         self._check(run)
 
     def _check(self, run: Run) -> None:
-        if self._stopping.is_set() or run.generation != self._generation:
+        if self._stale(run):
             raise _Interrupted()
+
+    def _stale(self, run: Run) -> bool:
+        return self._stopping.is_set() or run.generation != self._generation
+
+    def _hold(self, run: Run) -> None:
+        """An injected long run: stay in the current phase for `running_seconds`, the completion
+        ratio rising to `HELD_RUN_PROGRESS` (unless the fault hides progress)."""
+        seconds = run.fault.running_seconds if run.fault else 0.0
+        ends = time.monotonic() + seconds
+        while (left := ends - time.monotonic()) > 0:
+            self._stopping.wait(min(left, 0.1))
+            self._check(run)
+            if run.fault is not None and run.fault.report_progress:
+                progress = HELD_RUN_PROGRESS * (1 - max(ends - time.monotonic(), 0) / seconds)
+                self._update(run, completion_ratio=round(progress, 4))
+
+    def _report_unknown_status(self, run: Run) -> None:
+        """An injected unknown status, shown for a number of polls before the real outcome."""
+        fault = run.fault
+        if fault is None or fault.unknown_status is None or self._stale(run):
+            return
+        self._update(run, status=fault.unknown_status, unknown_reads_left=fault.unknown_polls)
+        gives_up = time.monotonic() + UNKNOWN_STATUS_MAX_SECONDS
+        while run.unknown_reads_left > 0 and not self._stale(run) and time.monotonic() < gives_up:
+            self._stopping.wait(0.01)
 
     def _update(self, run: Run, **changes: Any) -> None:
         with self._lock:
@@ -344,6 +435,7 @@ class SyncEngine:
                 setattr(run, name, value)
 
     def _finish(self, run: Run, status: str, error: str | None) -> None:
+        self._report_unknown_status(run)
         ratio = 1.0 if status in ("success", "warning") else run.completion_ratio
         self._update(
             run,
