@@ -45,6 +45,8 @@ class Endpoints:
     airbyte_client_id: bool = False
     """Whether AIRBYTE_CLIENT_ID / AIRBYTE_CLIENT_SECRET are set (OAuth to Airbyte)."""
     poll_interval_seconds: float = 2.0
+    airbyte_poll_timeout_seconds: float = 3 * 3600.0
+    """ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS: past it the Airbyte job is cancelled."""
 
 
 def sandbox_url() -> str | None:
@@ -80,6 +82,7 @@ def resolve_endpoints() -> Endpoints:
             slack_webhook_url_var=None,
             slack_webhook_url=base + SANDBOX_SLACK_WEBHOOK_PATH,
             poll_interval_seconds=0.25,
+            airbyte_poll_timeout_seconds=_seconds("ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS", 600),
         )
     values = require(
         "AIRBYTE_REST_API_BASE_URL",
@@ -99,7 +102,21 @@ def resolve_endpoints() -> Endpoints:
         or HIGHTOUCH_APP_DEFAULT_URL,
         slack_webhook_url_var="SLACK_WEBHOOK_URL",
         airbyte_client_id=_airbyte_oauth(),
+        airbyte_poll_timeout_seconds=_seconds("ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS", 3 * 3600),
     )
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MissingSettingError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise MissingSettingError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
 
 
 def _airbyte_oauth() -> bool:

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -24,10 +25,31 @@ TERMINAL_SUCCESS = frozenset({"success", "warning", "completed_with_errors"})
 TERMINAL_FAILURE = frozenset({"failed", "cancelled", "interrupted"})
 IN_FLIGHT = frozenset({"queued", "querying", "processing", "reporting", "pending"})
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_SKEW = timedelta(seconds=2)
 
 
 class HightouchError(RuntimeError):
     """The Hightouch API refused a request or a sync run did not succeed."""
+
+
+class HightouchRequestRefused(HightouchError):
+    """A 4xx other than 429: retrying cannot help; the configuration must change."""
+
+
+class HightouchPollTimeout(HightouchError):
+    """The run did not finish within the poll timeout (it may still be running)."""
+
+
+class HightouchRunFailed(HightouchError):
+    """The run ended failed, cancelled or interrupted."""
+
+    def __init__(self, run: SyncRun, run_url: str) -> None:
+        self.run = run
+        self.run_url = run_url
+        super().__init__(
+            f"Hightouch run {run.id} of sync {run.sync_id} ended {run.status}: "
+            f"{run.error or 'no error message'} ({run_url})"
+        )
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,7 @@ class HightouchClient:
         backoff_cap: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_requests_per_second: float = 0.0,
     ) -> None:
         if not token:
             raise HightouchError("the Hightouch API token is empty (HIGHTOUCH_API_TOKEN)")
@@ -142,6 +165,9 @@ class HightouchClient:
         self.backoff_cap = backoff_cap
         self._sleep = sleep
         self.request_count = 0
+        # This client's share of the workspace rate limit (0: unlimited); 429s remain the backstop.
+        self._spacing = 1.0 / max_requests_per_second if max_requests_per_second > 0 else 0.0
+        self._next_request_at = 0.0
 
     def close(self) -> None:
         self._http.close()
@@ -154,13 +180,22 @@ class HightouchClient:
 
     # -- requests -------------------------------------------------------------------------------
 
+    def _take_budget(self) -> None:
+        """Space requests by the budget, then count the request about to be made."""
+        if self._spacing:
+            wait = self._next_request_at - time.monotonic()
+            if wait > 0:
+                self._sleep(wait)
+            self._next_request_at = max(time.monotonic(), self._next_request_at) + self._spacing
+        self.request_count += 1
+
     def _request(self, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
         """One API call with retries; `what` names the call in errors ("trigger sync 101")."""
         last_problem = ""
         for attempt in range(1, self.max_retries + 2):
             response: httpx.Response | None = None
             try:
-                self.request_count += 1
+                self._take_budget()
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as error:
                 last_problem = f"{type(error).__name__}"
@@ -173,7 +208,7 @@ class HightouchClient:
                 elif response.status_code in _RETRYABLE_STATUS:
                     last_problem = f"HTTP {response.status_code}"
                 else:
-                    raise HightouchError(self._explain(what, response))
+                    raise HightouchRequestRefused(self._explain(what, response))
             if attempt > self.max_retries:
                 break
             delay = retry_delay(attempt, response, base=self.backoff_base, cap=self.backoff_cap)
@@ -210,19 +245,98 @@ class HightouchClient:
         data = self._request("GET", "/syncs", params={"slug": sync_slug}, what=f"find {sync_slug}")
         matches = [s for s in data.get("data") or [] if s.get("slug") == sync_slug]
         if not matches:
-            raise HightouchError(
+            raise HightouchRequestRefused(
                 f"Hightouch has no sync with slug {sync_slug!r}; check sync_slug in "
                 "destinations.yaml"
             )
         return str(matches[0]["id"])
 
     def trigger(self, sync_id: str, *, full_resync: bool = False, reset_cdc: bool = False) -> str:
-        """Start a run of the sync; returns the new run's id."""
+        """Start a run of the sync; returns the new run's id.
+
+        A trigger is not idempotent: when an attempt ends without a clear answer (timeout, reset,
+        5xx, 429) Hightouch may still have started the run. Before every retry the client lists
+        the sync's runs and adopts a run created since the first attempt instead of triggering a
+        second one. Clock skew between this host and Hightouch is allowed for by `_SKEW`.
+        """
         body = {"fullResync": full_resync, "resetCDC": reset_cdc}
-        data = self._request(
-            "POST", f"/syncs/{sync_id}/trigger", json=body, what=f"trigger sync {sync_id}"
+        what = f"trigger sync {sync_id}"
+        since = datetime.now(UTC) - _SKEW
+        last_problem = ""
+        for attempt in range(1, self.max_retries + 2):
+            if attempt > 1:
+                adopted = self._run_created_since(sync_id, since)
+                if adopted is not None:
+                    logger.warning(
+                        "Hightouch %s: the earlier attempt did start run %s; following it "
+                        "instead of triggering again",
+                        what,
+                        adopted.id,
+                    )
+                    return adopted.id
+            response: httpx.Response | None = None
+            try:
+                self._take_budget()
+                response = self._http.post(f"/syncs/{sync_id}/trigger", json=body)
+            except httpx.TransportError as error:
+                last_problem = type(error).__name__
+            else:
+                if response.status_code < 400:
+                    try:
+                        return str(response.json()["id"])
+                    except (ValueError, KeyError, TypeError):
+                        last_problem = f"HTTP {response.status_code} without a run id"
+                elif response.status_code in _RETRYABLE_STATUS:
+                    last_problem = f"HTTP {response.status_code}"
+                else:
+                    raise HightouchRequestRefused(self._explain(what, response))
+            if attempt > self.max_retries:
+                break
+            delay = retry_delay(attempt, response, base=self.backoff_base, cap=self.backoff_cap)
+            logger.warning(
+                "Hightouch %s: %s; checking for a started run, retry %d of %d in %.1fs",
+                what,
+                last_problem,
+                attempt,
+                self.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+        adopted = self._run_created_since(sync_id, since)
+        if adopted is not None:
+            return adopted.id
+        raise HightouchError(
+            f"Hightouch {what}: gave up after {self.max_retries + 1} attempts ({last_problem}); "
+            "no run of the sync was started"
         )
-        return str(data["id"])
+
+    def recent_runs(self, sync_id: str, *, limit: int = 5) -> list[SyncRun]:
+        """The sync's newest runs, newest first (an empty list is a valid answer)."""
+        data = self._request(
+            "GET",
+            f"/syncs/{sync_id}/runs",
+            params={"limit": limit, "orderBy": "createdAt"},
+            what=f"list runs of sync {sync_id}",
+        )
+        runs = [
+            SyncRun.from_api(sync_id, item)
+            for item in data.get("data") or []
+            if isinstance(item, Mapping) and item.get("id") is not None
+        ]
+        return sorted(runs, key=lambda run: run.created_at or "", reverse=True)
+
+    def _run_created_since(self, sync_id: str, since: datetime) -> SyncRun | None:
+        """A run that began after `since` and had not already ended by then: one that our own
+        unanswered trigger may have started (a run someone else finished earlier is not)."""
+        for run in self.recent_runs(sync_id):
+            created = _parse_time(run.created_at)
+            finished = _parse_time(run.finished_at)
+            if created is None or created < since:
+                continue
+            if finished is not None and finished < since + _SKEW:
+                continue
+            return run
+        return None
 
     def get_run(self, sync_id: str, run_id: str) -> SyncRun | None:
         """The run, or None while Hightouch does not list it yet."""
@@ -245,20 +359,25 @@ class HightouchClient:
         sync_id: str,
         run_id: str,
         *,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.5,
+        max_poll_interval: float = 30.0,
         poll_timeout: float = 3600.0,
     ) -> SyncRun:
-        """Poll until the run ends; raises when it fails or the timeout passes."""
+        """Poll until the run ends; raises when it fails or the timeout passes.
+
+        Polling adapts: it starts every `poll_interval` seconds and doubles up to
+        `max_poll_interval` while nothing is known of the run's progress. Once Hightouch reports a
+        completion ratio, the end is estimated from the progress rate and the next read is placed
+        just before it, so a finished run is noticed quickly with few requests.
+        """
         deadline = time.monotonic() + poll_timeout
+        schedule = PollSchedule(poll_interval, max_poll_interval)
         warned_statuses: set[str] = set()
         while True:
             run = self.get_run(sync_id, run_id)
             if run is not None and run.finished:
                 if run.status in TERMINAL_FAILURE:
-                    raise HightouchError(
-                        f"Hightouch run {run_id} of sync {sync_id} ended {run.status}: "
-                        f"{run.error or 'no error message'} ({self.run_url(sync_id, run_id)})"
-                    )
+                    raise HightouchRunFailed(run, self.run_url(sync_id, run_id))
                 return run
             if run is not None and run.status not in IN_FLIGHT | warned_statuses:
                 warned_statuses.add(run.status)
@@ -267,10 +386,53 @@ class HightouchClient:
                     run_id,
                     run.status,
                 )
-            if time.monotonic() >= deadline:
-                raise HightouchError(
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HightouchPollTimeout(
                     f"Hightouch run {run_id} of sync {sync_id} did not finish within "
                     f"{poll_timeout:.0f}s ({self.run_url(sync_id, run_id)}). Hightouch has no "
                     "cancel endpoint: the run may still finish; check it there."
                 )
-            self._sleep(poll_interval)
+            ratio = run.completion_ratio if run is not None else 0.0
+            self._sleep(min(schedule.next_delay(time.monotonic(), ratio), remaining))
+
+
+class PollSchedule:
+    """Delays between reads of a running sync run.
+
+    Without progress information the delay doubles from `minimum` to `maximum`. With a rising
+    completion ratio the remaining time is extrapolated from the last two readings and the next
+    read lands half a second before the estimated end (then just past it), so a steadily
+    progressing run is noticed within a second of its end with a handful of reads.
+    """
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = max(minimum, 0.0)
+        self.maximum = max(maximum, self.minimum)
+        self._delay = self.minimum
+        self._readings: list[tuple[float, float]] = []
+
+    def next_delay(self, now: float, ratio: float) -> float:
+        if 0 < ratio < 1 and (not self._readings or ratio > self._readings[-1][1]):
+            self._readings.append((now, ratio))
+        if len(self._readings) >= 2:
+            (t0, r0), (t1, r1) = self._readings[-2], self._readings[-1]
+            remaining = (1 - r1) * (t1 - t0) / (r1 - r0) - (now - t1)
+            if remaining > 1:
+                # Land half a second before the estimated end; the cap bounds the cost of a
+                # wrong estimate on long runs, where the estimate is refreshed every read.
+                return min(self.maximum, max(self.minimum, remaining - 0.5))
+            return min(self.maximum, max(self.minimum, remaining + 0.1))
+        delay = self._delay
+        self._delay = min(self.maximum, max(self._delay * 2, 0.05))
+        return delay
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

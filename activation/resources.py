@@ -27,10 +27,22 @@ class HightouchResource(dg.ConfigurableResource):
         default=5, description="Retries for 429, 5xx and connection errors (never for other 4xx)."
     )
     poll_interval_seconds: float = Field(
-        default=2.0, description="Seconds between reads of a running sync run."
+        default=0.5,
+        description="First delay between reads of a running sync run; it grows while the run "
+        "goes on, and reads land near the estimated end once Hightouch reports progress.",
+    )
+    max_poll_interval_seconds: float = Field(
+        default=30.0, description="Longest delay between two reads of a running sync run."
     )
     poll_timeout_seconds: float = Field(
         default=3600.0, description="A run still going after this long fails the step."
+    )
+
+    max_requests_per_second: float = Field(
+        default=0.0,
+        description="Request budget of one sync step (0: no limit). The code location sets it "
+        "to the workspace limit (200 requests per 10 s) divided by the number of destinations: "
+        "pools let at most one sync per destination run at once, so all together stay under it.",
     )
 
     def get_client(self) -> HightouchClient:
@@ -41,6 +53,7 @@ class HightouchResource(dg.ConfigurableResource):
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
             max_retries=self.max_retries,
+            max_requests_per_second=self.max_requests_per_second,
         )
 
 
