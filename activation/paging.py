@@ -1,0 +1,343 @@
+"""Paging the owner: PagerDuty Events API v2 and a Slack message when a sync is blocked or fails.
+
+Each page goes to the routing key of the destination's owner, read at run time from the
+environment variable that destinations.yaml names (`owner.pagerduty_routing_key_env`), so one
+team's incident never wakes another. A page is keyed per asset and check (`dedup_key`), so a gate
+that refuses again updates the same incident, and a `resolve` for that key closes it once the
+check passes again.
+
+Which pages are open is remembered in Dagster itself, as an `AssetObservation` on the sync asset
+(`gate_open_pages`), so any later run of the sync (whatever launched it) can resolve them.
+
+Notification calls are retried (`activation.notify.post_json`). A page or message that cannot be
+delivered is logged as an error and never changes the gate's decision.
+"""
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from activation.destinations import Destination
+from activation.environment import sandbox_url
+from activation.notify import NotificationError, post_json
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+PAGERDUTY_EVENTS_URL_VAR = "PAGERDUTY_EVENTS_URL"
+SANDBOX_PAGERDUTY_PATH = "/pagerduty/v2/enqueue"
+OPEN_PAGES = "gate_open_pages"  # observation metadata on the sync asset: JSON list of dedup keys
+GATE_RUN = "gate_dagster_run_id"  # ... and the run whose gate decision it records
+_DEDUP_MAX = 255
+_SUMMARY_MAX = 1024
+_LOOKBACK = 100
+
+
+class PagingError(RuntimeError):
+    """A page could not be sent (its routing key is missing); the message names the variable."""
+
+
+class PagerDutyResource(dg.ConfigurableResource):
+    """PagerDuty Events API v2. The routing keys are per owner and read at run time from the
+    variables destinations.yaml names; only the endpoint is configured here."""
+
+    events_url: str = Field(
+        default=PAGERDUTY_EVENTS_URL,
+        description="Events API v2 enqueue URL (the sandbox serves a stand-in).",
+    )
+    timeout_seconds: float = Field(default=10.0, description="Timeout per attempt.")
+    attempts: int = Field(default=3, description="Attempts before an event is given up.")
+
+    def send(self, event: dict) -> None:
+        post_json(
+            self.events_url,
+            event,
+            timeout=self.timeout_seconds,
+            attempts=self.attempts,
+            what=f"PagerDuty {event.get('event_action', 'event')}",
+        )
+
+
+def pagerduty_events_url() -> str:
+    """The sandbox's stand-in when the sandbox is selected, else PAGERDUTY_EVENTS_URL or the
+    public endpoint (EU accounts use https://events.eu.pagerduty.com/v2/enqueue)."""
+    base = sandbox_url()
+    if base:
+        return base + SANDBOX_PAGERDUTY_PATH
+    return os.environ.get(PAGERDUTY_EVENTS_URL_VAR, "").strip() or PAGERDUTY_EVENTS_URL
+
+
+def dedup_key(asset_key: dg.AssetKey, check_name: str) -> str:
+    """One incident per asset and check; long dbt test names are shortened with a hash."""
+    key = f"activation/{asset_key.to_user_string()}/{check_name}"
+    if len(key) <= _DEDUP_MAX:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return key[: _DEDUP_MAX - 17] + "~" + digest
+
+
+def routing_key(destination: Destination) -> str:
+    variable = destination.owner.pagerduty_routing_key_env
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise PagingError(
+            f"{variable} is not set: the PagerDuty routing key of team "
+            f"{destination.owner.team} (owner of {destination.key}, see destinations.yaml)"
+        )
+    return value
+
+
+def trigger_event(
+    routing: str, key: str, summary: str, source: str, details: dict, severity: str = "error"
+) -> dict:
+    return {
+        "routing_key": routing,
+        "event_action": "trigger",
+        "dedup_key": key,
+        "payload": {
+            "summary": summary[:_SUMMARY_MAX],
+            "source": source,
+            "severity": severity,
+            "component": details.get("destination", "activation"),
+            "group": "activation",
+            "custom_details": details,
+        },
+    }
+
+
+def resolve_event(routing: str, key: str) -> dict:
+    return {"routing_key": routing, "event_action": "resolve", "dedup_key": key}
+
+
+def _deliver(log: dg.DagsterLogManager, pagerduty: PagerDutyResource, build, what: str) -> bool:
+    """Send one event; on failure log loudly and return False (never raise)."""
+    try:
+        pagerduty.send(build())
+        return True
+    except (PagingError, NotificationError) as error:
+        log.error(f"PAGING FAILED: {what} was not sent: {error}")
+        return False
+
+
+def page_owner(
+    log: dg.DagsterLogManager,
+    pagerduty: PagerDutyResource,
+    destination: Destination,
+    *,
+    key: str,
+    summary: str,
+    details: dict,
+    severity: str = "error",
+) -> bool:
+    """Trigger (or update) the incident `key` at the destination owner's routing key."""
+    return _deliver(
+        log,
+        pagerduty,
+        lambda: trigger_event(
+            routing_key(destination),
+            key,
+            summary,
+            f"activation/{destination.key}",
+            {"destination": destination.key, "team": destination.owner.team, **details},
+            severity,
+        ),
+        f"page to {destination.owner.team} ({key})",
+    )
+
+
+def resolve_page(
+    log: dg.DagsterLogManager, pagerduty: PagerDutyResource, destination: Destination, key: str
+) -> bool:
+    return _deliver(
+        log,
+        pagerduty,
+        lambda: resolve_event(routing_key(destination), key),
+        f"resolve to {destination.owner.team} ({key})",
+    )
+
+
+def tell_slack(log: dg.DagsterLogManager, slack: object | None, text: str) -> bool:
+    """Post a plain message with the Slack resource; failures are logged, never raised."""
+    if slack is None:
+        log.error("SLACK NOT CONFIGURED: this message was not posted: " + text)
+        return False
+    try:
+        slack.post({"text": text})  # type: ignore[attr-defined]
+        return True
+    except NotificationError as error:
+        log.error(f"SLACK FAILED: message not posted: {error}")
+        return False
+
+
+def page_sync_failure(
+    log: dg.DagsterLogManager,
+    pagerduty: PagerDutyResource,
+    slack: object | None,
+    destination: Destination,
+    *,
+    dagster_run_id: str,
+    reason: str,
+) -> bool:
+    """Page only this destination's owner that its sync failed (and tell Slack unless `slack`
+    is None, for callers that report to Slack themselves).
+
+    The incident is keyed on the sync asset (`dedup_key(sync key, "sync_failed")`), so repeated
+    failures update one incident and `resolve_page` with that key closes it. Returns whether the
+    page was delivered. Never raises.
+    """
+    key = dedup_key(dg.AssetKey(["activate", destination.key]), "sync_failed")
+    summary = f"Hightouch sync {destination.key} failed (Dagster run {dagster_run_id}): {reason}"
+    if slack is not None:
+        tell_slack(log, slack, f"{destination.owner.slack_channel}: {summary}")
+    return page_owner(
+        log,
+        pagerduty,
+        destination,
+        key=key,
+        summary=summary,
+        details={"dagster_run_id": dagster_run_id, "reason": reason},
+    )
+
+
+class GatePager:
+    """Pages for one sync's gate decision: trigger per refusing check, resolve what passes now.
+
+    Works from the sync step (`from_step`) and from the sensor that pages for syncs a run never
+    started because a blocking check failed in it (`activation.gate.build_blocked_sync_sensor`).
+    """
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        log: Any,
+        destination: Destination,
+        *,
+        sync_key: dg.AssetKey,
+        run_id: str,
+        record: Callable[[dg.AssetObservation], None],
+        pagerduty: PagerDutyResource | None,
+        slack: object | None,
+    ) -> None:
+        self.instance = instance
+        self.log = log
+        self.destination = destination
+        self.sync_key = sync_key
+        self.run_id = run_id
+        self.record = record
+        self.pagerduty = pagerduty
+        self.slack = slack
+
+    @classmethod
+    def from_step(
+        cls,
+        context: dg.AssetExecutionContext,
+        destination: Destination,
+        *,
+        pagerduty: PagerDutyResource | None,
+        slack: object | None,
+    ) -> "GatePager":
+        return cls(
+            context.instance,
+            context.log,
+            destination,
+            sync_key=context.asset_key,
+            run_id=context.run_id,
+            record=context.log_event,
+            pagerduty=pagerduty,
+            slack=slack,
+        )
+
+    def open_pages(self) -> list[str]:
+        """Dedup keys this sync's gate paged and has not resolved yet (newest record wins)."""
+        result = self.instance.fetch_observations(self.sync_key, limit=_LOOKBACK)
+        for record in result.records:
+            observation = record.event_log_entry.asset_observation
+            if observation is not None and OPEN_PAGES in observation.metadata:
+                return list(observation.metadata[OPEN_PAGES].value)  # type: ignore[arg-type]
+        return []
+
+    def decided_in(self, run_id: str) -> bool:
+        """Whether a gate decision of `run_id` was already recorded for this sync."""
+        result = self.instance.fetch_observations(self.sync_key, limit=_LOOKBACK)
+        for record in result.records:
+            observation = record.event_log_entry.asset_observation
+            metadata = observation.metadata if observation is not None else {}
+            if GATE_RUN in metadata and metadata[GATE_RUN].value == run_id:
+                return True
+        return False
+
+    def _remember(self, keys: Sequence[str], refused: Sequence[dict]) -> None:
+        metadata: dict[str, object] = {
+            OPEN_PAGES: dg.MetadataValue.json(sorted(keys)),
+            GATE_RUN: self.run_id,
+        }
+        if refused:
+            metadata["gate_refused_checks"] = dg.MetadataValue.json(list(refused))
+        self.record(dg.AssetObservation(asset_key=self.sync_key, metadata=metadata))
+
+    def resolve_passing(self) -> None:
+        self.update([])
+
+    def page_refusals(self, refusals: Sequence, *, only_new: bool = False) -> None:
+        """Trigger a page per refusing check; `only_new` skips it all when every one is already
+        paged (the sensor's case: a failed run re-reads gates that may have paged before)."""
+        self.update(refusals, only_new=only_new)
+
+    def update(self, refusals: Sequence, *, only_new: bool = False) -> None:
+        log = self.log
+        before = self.open_pages()
+        refused = {dedup_key(r.check.asset_key, r.check.name): r for r in refusals}
+        if not refused and not before:
+            return
+        if only_new and refused and set(refused) <= set(before):
+            return
+        if self.pagerduty is None:
+            log.error(
+                "PAGING NOT CONFIGURED: the sync asset was given no PagerDuty resource, so "
+                f"{len(refused)} refusing check(s) page nobody."
+            )
+            still_open = set(before)
+        else:
+            still_open = {
+                key
+                for key in before
+                if key not in refused
+                and not resolve_page(log, self.pagerduty, self.destination, key)
+            }
+            for key, refusal in refused.items():
+                delivered = page_owner(
+                    log,
+                    self.pagerduty,
+                    self.destination,
+                    key=key,
+                    summary=f"Sync {self.destination.key} blocked: {refusal.sentence()}",
+                    details={
+                        "check": refusal.check_name,
+                        "result": refusal.result,
+                        "check_run_id": refusal.run_id,
+                        "blocked_dagster_run_id": self.run_id,
+                    },
+                )
+                if delivered or key in before:
+                    still_open.add(key)
+        if not refused and still_open == set(before):
+            return  # every resolve failed (logged); the next gate pass tries again
+        if refused:
+            tell_slack(
+                log,
+                self.slack,
+                f"{self.destination.owner.slack_channel}: sync {self.destination.key} was blocked "
+                f"by the quality gate (Dagster run {self.run_id}); nothing was sent:\n"
+                + "\n".join(f"- {r.sentence()}" for r in refused.values()),
+            )
+        self._remember(
+            sorted(still_open),
+            [
+                {"check": r.check_name, "result": r.result, "run_id": r.run_id}
+                for r in refused.values()
+            ],
+        )
+        if before and not refused:
+            log.info(f"Gate open again: resolved pages {sorted(set(before) - still_open)}")

@@ -1,0 +1,256 @@
+"""Paging the owner when the gate blocks: PagerDuty Events v2 and Slack, on the sandbox sinks.
+
+A run whose blocking dbt test fails pages (through the run-failure sensor) the owners of the syncs
+it blocked, routed to each owner's key; a later hand launch refused by the gate pages the same
+incidents; the first sync that passes the gate again resolves them with the same dedup keys. A
+PagerDuty sink that answers 500 is logged and leaves the gate closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+import httpx
+import pytest
+
+from activation.destinations import load_destinations
+from activation.gate import build_blocked_sync_sensor
+from activation.paging import (
+    PagerDutyResource,
+    PagingError,
+    dedup_key,
+    pagerduty_events_url,
+    resolve_event,
+    routing_key,
+    trigger_event,
+)
+from activation.resources import SlackWebhookResource
+from activation.sandbox.launcher import SandboxProcess
+from activation.sandbox.notifications import pagerduty_errors
+from tests.gate_support import (
+    ROUTING_KEYS,
+    all_log_text,
+    chain_sandbox,
+    launch,
+    step_failures,
+    sync_key,
+)
+
+CONTACTS = "salesforce_contacts"
+STG_UNIQUE = "activation/staging/stg_customers/unique_stg_customers_customer_id"
+REVOPS = ROUTING_KEYS["PAGERDUTY_ROUTING_KEY_REVENUE_OPS"]
+MKTOPS = ROUTING_KEYS["PAGERDUTY_ROUTING_KEY_MARKETING_OPS"]
+
+
+def _destination(key: str):
+    return next(d for d in load_destinations() if d.key == key)
+
+
+# -- the event shapes (pure) ----------------------------------------------------------------------
+
+
+def test_events_are_valid_pagerduty_events_v2() -> None:
+    key = dedup_key(dg.AssetKey(["marts", "m"]), "unique_m_id")
+    assert key == "activation/marts/m/unique_m_id"
+    event = trigger_event("k" * 32, key, "summary", "activation/x", {"destination": "x"})
+    assert pagerduty_errors(event) == []
+    assert event["payload"]["severity"] == "error"
+    assert pagerduty_errors(resolve_event("k" * 32, key)) == []
+
+
+def test_long_check_names_keep_distinct_dedup_keys_within_255() -> None:
+    asset = dg.AssetKey(["marts", "m"])
+    first, second = dedup_key(asset, "a" * 300), dedup_key(asset, "a" * 299 + "b")
+    assert len(first) <= 255 and len(second) <= 255 and first != second
+
+
+def test_missing_routing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAGERDUTY_ROUTING_KEY_REVENUE_OPS", raising=False)
+    load_destinations.cache_clear()
+    with pytest.raises(PagingError, match="PAGERDUTY_ROUTING_KEY_REVENUE_OPS is not set"):
+        routing_key(_destination(CONTACTS))
+
+
+# -- on the sandbox -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    with chain_sandbox(tmp_path_factory.mktemp("paging") / "data") as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
+        yield inst
+
+
+def _run_activate(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    from activation.definitions import build_definitions
+
+    return (
+        build_definitions()
+        .resolve_job_def("activate")
+        .execute_in_process(instance=instance, raise_on_error=False)
+    )
+
+
+def _pages(sandbox: SandboxProcess) -> list[dict]:
+    return [n["body"] for n in sandbox.notifications("pagerduty")]
+
+
+def _run_sensor(instance: dg.DagsterInstance, failed: dg.ExecuteInProcessResult) -> None:
+    from activation.definitions import build_definitions
+
+    sensor = build_blocked_sync_sensor(load_destinations())
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=failed.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(failed.run_id),
+        repository_def=build_definitions().get_repository_def(),
+        resources={
+            "pagerduty": PagerDutyResource(events_url=pagerduty_events_url()),
+            "slack": SlackWebhookResource(webhook_url=_slack_url()),
+        },
+    )
+    sensor(context)
+
+
+def _slack_url() -> str:
+    from activation.environment import resolve_endpoints
+
+    return resolve_endpoints().slack_webhook_url or ""
+
+
+def test_blocked_run_pages_owners_then_passing_gate_resolves_the_same_keys(
+    sandbox: SandboxProcess, instance: dg.DagsterInstance
+) -> None:
+    assert _run_activate(instance).success
+    assert _pages(sandbox) == []
+
+    sandbox.set_scenario(bad_rows=True)
+    try:
+        bad = _run_activate(instance)
+    finally:
+        sandbox.set_scenario()
+    assert not bad.success
+    _run_sensor(instance, bad)
+
+    triggers = [p for p in _pages(sandbox) if p["event_action"] == "trigger"]
+    by_destination = {}
+    for page in triggers:
+        by_destination.setdefault(page["payload"]["custom_details"]["destination"], []).append(page)
+    # Every sync downstream of stg_customers is blocked; each page goes to its own owner.
+    assert set(by_destination) == {d.key for d in load_destinations()}
+    contacts_pages = by_destination[CONTACTS]
+    assert {p["routing_key"] for p in contacts_pages} == {REVOPS}
+    assert {p["routing_key"] for p in by_destination["hubspot_contacts"]} == {MKTOPS}
+    assert STG_UNIQUE in {p["dedup_key"] for p in contacts_pages}
+    assert all(p["payload"]["severity"] == "error" for p in triggers)
+    slack_texts = [n["body"]["text"] for n in sandbox.notifications("slack")]
+    assert any(
+        "sync salesforce_contacts was blocked" in t and "#revops-alerts" in t for t in slack_texts
+    )
+
+    # The sensor does not page again for the same run, nor for checks already paged.
+    _run_sensor(instance, bad)
+    assert len(_pages(sandbox)) == len(triggers)
+
+    # A hand launch refused by the gate re-triggers the same incidents (PagerDuty deduplicates).
+    refused = launch(instance, sync_key(CONTACTS))
+    assert not refused.success
+    again = [p for p in _pages(sandbox)[len(triggers) :] if p["event_action"] == "trigger"]
+    assert {p["dedup_key"] for p in again} == {p["dedup_key"] for p in contacts_pages}
+
+    good = _run_activate(instance)
+    assert good.success, step_failures(good)
+    resolves = [p for p in _pages(sandbox) if p["event_action"] == "resolve"]
+    for destination in load_destinations():
+        paged = {p["dedup_key"] for p in by_destination[destination.key]}
+        resolved = {
+            p["dedup_key"]
+            for p in resolves
+            if p["routing_key"] == ROUTING_KEYS[destination.owner.pagerduty_routing_key_env]
+        }
+        assert paged <= resolved, destination.key
+    # Resolved once: a further passing gate sends nothing.
+    count = len(_pages(sandbox))
+    assert launch(instance, sync_key(CONTACTS)).success
+    assert len(_pages(sandbox)) == count
+
+    text = all_log_text(instance)
+    for key in ROUTING_KEYS.values():
+        assert key not in text
+
+
+def test_failing_pagerduty_sink_is_logged_and_the_gate_stays_closed(
+    sandbox: SandboxProcess, instance: dg.DagsterInstance
+) -> None:
+    sandbox.set_scenario(bad_rows=True)
+    try:
+        assert not _run_activate(instance).success
+    finally:
+        sandbox.set_scenario()
+    with httpx.Client(base_url=sandbox.url) as http:
+        http.post(
+            "/sandbox/notifications/faults", json={"sink": "pagerduty", "status": 500, "count": 50}
+        ).raise_for_status()
+    pages_before = len(_pages(sandbox))
+    triggers_before = sandbox.trigger_counts()
+
+    result = launch(instance, sync_key(CONTACTS))
+
+    assert not result.success
+    assert sandbox.trigger_counts() == triggers_before
+    assert len(_pages(sandbox)) == pages_before
+    [failure] = step_failures(result)
+    assert "refused to trigger Hightouch" in failure.description
+    messages = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if entry.user_message and "PAGING FAILED" in entry.user_message
+    ]
+    assert messages and "HTTP 500" in messages[0]
+    with httpx.Client(base_url=sandbox.url) as http:  # clear the remaining faults
+        http.post("/sandbox/reset")
+
+
+def test_page_sync_failure_pages_only_that_destinations_owner(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from activation.paging import page_sync_failure
+    from activation.sandbox.launcher import start_sandbox
+
+    for name, value in ROUTING_KEYS.items():
+        monkeypatch.setenv(name, value)
+    load_destinations.cache_clear()
+    box = start_sandbox(tmp_path / "data", "--phase-seconds", "0.05")
+    try:
+        pagerduty = PagerDutyResource(events_url=box.url + "/pagerduty/v2/enqueue", attempts=2)
+        log = logging.getLogger("test_paging")
+        hubspot = _destination("hubspot_contacts")
+        assert page_sync_failure(log, pagerduty, None, hubspot, dagster_run_id="r1", reason="x")
+        [page] = [n["body"] for n in box.notifications("pagerduty")]
+        assert page["routing_key"] == MKTOPS
+        assert page["dedup_key"] == "activation/activate/hubspot_contacts/sync_failed"
+        assert box.notifications("slack") == []
+
+        with httpx.Client(base_url=box.url) as http:
+            http.post(
+                "/sandbox/notifications/faults",
+                json={"sink": "pagerduty", "status": 500, "count": 5},
+            ).raise_for_status()
+        with caplog.at_level(logging.ERROR):
+            delivered = page_sync_failure(
+                log, pagerduty, None, hubspot, dagster_run_id="r2", reason="x"
+            )
+        assert not delivered
+        assert "PAGING FAILED" in caplog.text and MKTOPS not in caplog.text
+    finally:
+        box.stop()
+        load_destinations.cache_clear()
