@@ -1,59 +1,77 @@
-"""One Hightouch sync asset per declared destination, and the report that follows them.
+"""One Hightouch sync asset per declared destination.
 
 Each sync asset sits downstream of its mart, so inside a run a failed blocking dbt test stops it
 before it triggers anything. Its materialization carries the Hightouch run id, a link to the run
 and the planned / successful / failed added / changed / removed counts.
 """
 
+import os
+
 import dagster as dg
 from dagster import AssetExecutionContext
+from pydantic import Field
 
 from activation.destinations import Destination
-from activation.hightouch import SyncRun
-from activation.notify import SyncOutcome, sync_summary_message
+from activation.gate import PagerDutyResource, enforce_gate
 from activation.resources import HightouchResource, SlackWebhookResource
+from activation.sync_step import SyncOptions, run_destination_sync
 from activation.transform import mart_asset_key
 
 ACTIVATE_GROUP = "activate"
-REPORT_KEY = dg.AssetKey(["activate", "activation_report"])
 
 
 def sync_asset_key(destination: Destination) -> dg.AssetKey:
-    return dg.AssetKey(["activate", destination.key])
+    return sync_asset_key_for(destination.key)
 
 
-def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]:
-    """Materialization metadata of a finished Hightouch run (the names the report reads back)."""
-    values: dict[str, object] = {
-        "hightouch_sync_id": run.sync_id,
-        "hightouch_run_id": run.id,
-        "hightouch_status": run.status,
-        "query_size": run.query_size,
-    }
-    for prefix, counts in (
-        ("planned", run.planned),
-        ("successful", run.successful),
-        ("failed", run.failed),
-    ):
-        values[f"{prefix}_added"] = counts.added
-        values[f"{prefix}_changed"] = counts.changed
-        values[f"{prefix}_removed"] = counts.removed
-    metadata = {
-        name: dg.MetadataValue.text(v) if isinstance(v, str) else dg.MetadataValue.int(v)
-        for name, v in values.items()
-    }
-    metadata["hightouch_run_url"] = dg.MetadataValue.url(run_url)
-    return metadata
+def sync_asset_key_for(destination_key: str) -> dg.AssetKey:
+    return dg.AssetKey(["activate", destination_key])
+
+
+class SyncRunConfig(dg.Config):
+    """Launchpad options of one sync (defaults: an ordinary incremental sync)."""
+
+    full_resync: bool = Field(
+        default=False,
+        description="Resend every row instead of the changes since the last run. A full resync "
+        "does no diffing, so it never removes rows at the destination.",
+    )
+    reset_cdc: bool = Field(
+        default=False,
+        description="Forget Hightouch's change-data-capture state, so the next diff starts over.",
+    )
+
+
+def sync_retry_policy() -> dg.RetryPolicy:
+    """Step retries for transient faults (the client already retried each request).
+
+    Only this destination's step is retried; refusals (4xx, failed-rows policy, poll timeout,
+    a cancelled run) are raised with `allow_retries=False` and never retried. The delay is
+    ACTIVATION_SYNC_RETRY_DELAY_SECONDS (default 30 s), read when definitions load.
+    """
+    return dg.RetryPolicy(
+        max_retries=2,
+        delay=float(os.environ.get("ACTIVATION_SYNC_RETRY_DELAY_SECONDS", "30")),
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
 
 
 def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
     @dg.asset(
         key=sync_asset_key(destination),
-        deps=[mart_asset_key(destination.mart)],
+        # `after`: a destination that must sync after another depends on its sync asset, so a
+        # failure upstream skips it (and no one else).
+        deps=[
+            mart_asset_key(destination.mart),
+            *(sync_asset_key_for(k) for k in destination.after),
+        ],
         group_name=ACTIVATE_GROUP,
         kinds={"hightouch", destination.destination_type},
         owners=[f"team:{destination.owner.team}"],
         tags={"destination": destination.destination_type},
+        pool=destination.pool,
+        retry_policy=sync_retry_policy(),
         description=destination.description
         or f"Hightouch sync of {destination.mart} to {destination.destination_type}.",
         metadata={
@@ -64,84 +82,20 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
             "slack_channel": destination.owner.slack_channel,
         },
     )
-    def _sync(context: AssetExecutionContext, hightouch: HightouchResource) -> dg.MaterializeResult:
-        with hightouch.get_client() as client:
-            sync_id = destination.sync_id or client.resolve_sync_id(destination.sync_slug or "")
-            run_id = client.trigger(sync_id)
-            context.log.info(f"Triggered Hightouch run {run_id} of sync {sync_id}")
-            run = client.wait_for_run(
-                sync_id,
-                run_id,
-                poll_interval=hightouch.poll_interval_seconds,
-                poll_timeout=hightouch.poll_timeout_seconds,
-            )
-            context.log.info(
-                f"Hightouch run {run_id} {run.status}: planned +{run.planned.added} "
-                f"~{run.planned.changed} -{run.planned.removed}, failed {run.failed.total}"
-            )
-            return dg.MaterializeResult(
-                metadata=sync_run_metadata(run, client.run_url(sync_id, run_id))
-            )
+    def _sync(
+        context: AssetExecutionContext,
+        config: SyncRunConfig,
+        hightouch: HightouchResource,
+        pagerduty: PagerDutyResource,
+        slack: SlackWebhookResource,
+    ) -> dg.MaterializeResult:
+        # The gate reads check results across runs: whatever launched this step, untested or
+        # failed marts stop it before anything reaches Hightouch (and pages the owner).
+        enforce_gate(context, destination, pagerduty=pagerduty, slack=slack)
+        options = SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc)
+        metadata = run_destination_sync(
+            context, destination, hightouch, options, sync_asset_key(destination)
+        )
+        return dg.MaterializeResult(metadata=metadata)
 
     return _sync
-
-
-def _outcome(destination: Destination, event: dg.EventLogEntry | None) -> SyncOutcome:
-    materialization = event.asset_materialization if event else None
-    if materialization is None:
-        return SyncOutcome(destination.key, "not synced", None, None)
-    meta = materialization.metadata
-
-    def number(name: str) -> int:
-        value = meta.get(name)
-        return int(value.value) if value is not None else 0
-
-    run_id = meta.get("hightouch_run_id")
-    url = meta.get("hightouch_run_url")
-    return SyncOutcome(
-        destination=destination.key,
-        status=str(meta["hightouch_status"].value) if "hightouch_status" in meta else "unknown",
-        hightouch_run_id=str(run_id.value) if run_id else None,
-        run_url=str(url.value) if url else None,
-        added=number("successful_added"),
-        changed=number("successful_changed"),
-        removed=number("successful_removed"),
-        failed=number("failed_added") + number("failed_changed") + number("failed_removed"),
-    )
-
-
-def build_report_asset(destinations: tuple[Destination, ...]) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=REPORT_KEY,
-        deps=[sync_asset_key(d) for d in destinations],
-        group_name=ACTIVATE_GROUP,
-        kinds={"slack"},
-        description="Posts each destination's Hightouch run id and row counts to Slack.",
-    )
-    def activation_report(
-        context: AssetExecutionContext, slack: SlackWebhookResource
-    ) -> dg.MaterializeResult:
-        outcomes = []
-        for destination in destinations:
-            event = context.instance.get_latest_materialization_event(sync_asset_key(destination))
-            # Only syncs of this run count: an older materialization is not this run's outcome.
-            outcomes.append(
-                _outcome(destination, event if event and event.run_id == context.run_id else None)
-            )
-        slack.post(sync_summary_message(context.run_id, outcomes))
-        table = "\n".join(
-            f"| {o.destination} | {o.status} | {o.hightouch_run_id or '-'} | {o.added} | "
-            f"{o.changed} | {o.removed} | {o.failed} |"
-            for o in outcomes
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "summary": dg.MetadataValue.md(
-                    "| destination | status | Hightouch run | added | changed | removed "
-                    "| failed |\n"
-                    "|---|---|---|---|---|---|---|\n" + table
-                )
-            }
-        )
-
-    return activation_report

@@ -7,6 +7,7 @@ demo exits 0 only when both halves behaved as they must.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -26,6 +27,7 @@ from activation.sandbox.launcher import SandboxProcess, start_sandbox
 
 @dataclass(frozen=True)
 class ChainResult:
+    run_id: str
     success: bool
     syncs: dict[str, dict[str, object]]
     """Destination key -> materialization metadata values of its sync asset in this run."""
@@ -70,6 +72,7 @@ def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") ->
     """Load the code location as Dagster would and execute the `activate` job once."""
     from activation.activate import sync_asset_key
     from activation.definitions import build_definitions
+    from activation.run_summary import report_run
 
     definitions = build_definitions()
     result = definitions.resolve_job_def("activate").execute_in_process(
@@ -77,6 +80,19 @@ def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") ->
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
     )
+    # What the summary sensors do after every run under the daemon; an in-process run has no
+    # daemon, so the same report is made here.
+    with dg.build_resources(
+        {name: definitions.resources[name] for name in ("slack", "pagerduty")}
+    ) as resources:
+        report_run(
+            instance,
+            result.run_id,
+            load_destinations(),
+            slack=resources.slack,
+            pagerduty=resources.pagerduty,
+            log=logging.getLogger("activation.demo"),
+        )
     syncs: dict[str, dict[str, object]] = {}
     keys = {sync_asset_key(d): d.key for d in load_destinations()}
     for event in result.get_asset_materialization_events():
@@ -91,6 +107,7 @@ def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") ->
         event.step_key or "" for event in result.all_events if event.is_step_failure
     )
     return ChainResult(
+        run_id=result.run_id,
         success=result.success,
         syncs=syncs,
         failed_checks=failed_checks,

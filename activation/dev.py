@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from activation.demo import prepare_dbt_manifest, sandbox_environment
+from activation.destinations import load_destinations
 from activation.paths import PROJECT_ROOT, data_dir
 
 
@@ -18,14 +19,39 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def set_pool_limits(env: dict[str, str]) -> None:
+    """One sync at a time per destination: per-pool limits live in the instance, set through
+    `dagster instance concurrency set` (dagster.yaml only sets a default limit). Creating the
+    SQLite home here, once, also keeps the webserver and daemon from migrating it together."""
+    for destination in load_destinations():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "instance",
+                "concurrency",
+                "set",
+                destination.pool,
+                "1",
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
 def run_dev(port: int, sandbox_port: int) -> int:
     folder = data_dir()
     home = folder / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
+    # The promote job needs a staging twin of each sync; the sandbox serves them on request.
+    os.environ.setdefault("ACTIVATION_SANDBOX_STAGING_SYNCS", "1")
     with sandbox_environment(folder, port=sandbox_port) as sandbox:
         prepare_dbt_manifest()
         env = {**os.environ, "DAGSTER_HOME": str(home)}
+        set_pool_limits(env)
         print(f"Sandbox on {sandbox.url}; Dagster UI on http://127.0.0.1:{port}")
         dagster = subprocess.Popen(
             [

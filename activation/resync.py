@@ -1,0 +1,440 @@
+"""Operator jobs: `full_resync` (every destination, in throttled waves) and `resync_destination`
+(one destination, on request, with a reason).
+
+A full reload after a schema change trips destination limits (Salesforce 5,000 records per call,
+HubSpot 100 per batch) unless it runs in waves. The waves are a static graph built from the
+`wave` numbers in destinations.yaml: one op per destination and wave slot, a pause op between
+slots. Each op carries its destination's concurrency pool, so a resync never overlaps another
+run's sync of the same destination. The Launchpad form chooses which destinations take part,
+may move a destination to another declared slot, flips full vs incremental, and sets the pause.
+
+A destination's failure does not stop the waves: its op records the failure and the next waves
+go on (only the destinations declared `after` it are skipped). The final report posts one Slack
+message, pages the owners of the failed destinations, and fails the run if any destination
+failed.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+import dagster as dg
+from dagster import OpExecutionContext
+from pydantic import Field
+
+from activation.destinations import Destination
+from activation.gate import GateClosed, gate_refusals, repository_for_gate
+from activation.notify import SyncOutcome, sync_summary_message
+from activation.paging import PagerDutyResource, page_sync_failure
+from activation.resources import HightouchResource, SlackWebhookResource
+from activation.run_summary import FULL_RESYNC_JOB, ONE_OFF_RESYNC_JOB, sync_key_of
+from activation.sync_step import SyncOptions, run_destination_sync
+
+ONE_OFF_JOB = ONE_OFF_RESYNC_JOB
+REQUESTED_BY_TAG = "activation/requested_by"
+
+
+class FullResyncConfig(dg.Config):
+    """The full_resync form."""
+
+    destinations: list[str] = Field(
+        default=[],
+        description="Keys of the destinations to resync (see destinations.yaml). Empty: all.",
+    )
+    full_resync: bool = Field(
+        default=True,
+        description="True: resend every row (no diff, nothing removed). False: an ordinary "
+        "incremental sync, in the same waves.",
+    )
+    wave_overrides: dict[str, int] = Field(
+        default={},
+        description="Move a destination to another wave for this run only, e.g. "
+        '{"hubspot_contacts": 2}. Waves come from destinations.yaml; a wave number must be one '
+        "of the declared ones.",
+    )
+    pause_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Pause between two waves, so destination rate limits recover.",
+    )
+
+
+class ResyncRequest(dg.Config):
+    """The resync_destination form: one destination, with who asked and why."""
+
+    destination: str = Field(description="Key of the destination to resync (destinations.yaml).")
+    reason: str = Field(
+        description="Why this resync is needed; kept in the run's metadata and the Slack message."
+    )
+    requested_by: str = Field(description="Who asked for it (name or team).")
+    full_resync: bool = Field(
+        default=True,
+        description="True: resend every row. False: an incremental sync (a backfill of changes).",
+    )
+
+
+@dataclass(frozen=True)
+class WaveResult:
+    destination: str
+    status: str  # success | warning | failed | blocked | skipped | not selected | other wave
+    detail: str = ""
+    hightouch_run_id: str | None = None
+    run_url: str | None = None
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    failed_rows: int = 0
+
+
+def _value(metadata: dict[str, dg.MetadataValue], name: str) -> object:
+    value = metadata.get(name)
+    return value.value if value is not None else None
+
+
+def sync_in_op(
+    context: OpExecutionContext,
+    destination: Destination,
+    hightouch: HightouchResource,
+    options: SyncOptions,
+    extra_metadata: dict[str, object] | None = None,
+) -> WaveResult:
+    """Gate, sync and record one destination from an op; failures come back as a result."""
+    key = sync_key_of(destination.key)
+    refusals = gate_refusals(
+        context.instance,
+        repository_for_gate(context),
+        destination,
+        key,  # type: ignore[arg-type]
+    )
+    if refusals:
+        closed = GateClosed(destination, refusals)
+        context.log.error(closed.description or "gate closed")
+        return WaveResult(destination.key, "blocked", closed.description or "")
+    try:
+        metadata = run_destination_sync(context, destination, hightouch, options, key)
+    except dg.Failure as failure:
+        context.log.error(failure.description or f"{destination.key} failed")
+        meta = failure.metadata or {}
+        return WaveResult(
+            destination.key,
+            "failed",
+            failure.description or "",
+            hightouch_run_id=str(_value(meta, "hightouch_run_id") or "") or None,
+            run_url=str(_value(meta, "hightouch_run_url") or "") or None,
+        )
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=key,
+            metadata={**metadata, **(extra_metadata or {}), "full_resync": options.full_resync},
+        )
+    )
+    failed_rows = sum(
+        int(_value(metadata, f"failed_{k}") or 0) for k in ("added", "changed", "removed")
+    )
+    return WaveResult(
+        destination.key,
+        str(_value(metadata, "hightouch_status")),
+        hightouch_run_id=str(_value(metadata, "hightouch_run_id")),
+        run_url=str(_value(metadata, "hightouch_run_url")),
+        added=int(_value(metadata, "successful_added") or 0),
+        changed=int(_value(metadata, "successful_changed") or 0),
+        removed=int(_value(metadata, "successful_removed") or 0),
+        failed_rows=failed_rows,
+    )
+
+
+def _outcome(result: WaveResult) -> SyncOutcome:
+    status = result.status + (f": {result.detail[:300]}" if result.detail else "")
+    return SyncOutcome(
+        result.destination,
+        status,
+        result.hightouch_run_id,
+        result.run_url,
+        result.added,
+        result.changed,
+        result.removed,
+        result.failed_rows,
+    )
+
+
+def _report(
+    context: OpExecutionContext,
+    results: list[WaveResult],
+    destinations: tuple[Destination, ...],
+    slack: SlackWebhookResource,
+    pagerduty: PagerDutyResource,
+    header_note: str = "",
+) -> dg.Output:
+    """Slack summary, pages for failures, run-visible metadata; fails the run on any failure."""
+    shown = [r for r in results if r.status not in ("not selected", "other wave")]
+    message = sync_summary_message(context.run_id, [_outcome(r) for r in shown])
+    if header_note:
+        message["text"] = header_note + "\n" + message["text"]
+    try:
+        slack.post(message)
+    except Exception as error:  # a failed notification never hides the outcome
+        context.log.error(f"SLACK FAILED: summary not posted: {error}")
+    by_key = {d.key: d for d in destinations}
+    failed = [r for r in shown if r.status in ("failed", "blocked")]
+    for result in failed:
+        if result.status == "failed":
+            page_sync_failure(
+                context.log,
+                pagerduty,
+                None,
+                by_key[result.destination],
+                dagster_run_id=context.run_id,
+                reason=result.detail[:500],
+            )
+    table = "\n".join(
+        f"| {r.destination} | {r.status} | {r.hightouch_run_id or '-'} | {r.added} | "
+        f"{r.changed} | {r.removed} | {r.failed_rows} |"
+        for r in shown
+    )
+    metadata = {
+        "summary": dg.MetadataValue.md(
+            "| destination | status | Hightouch run | added | changed | removed | failed |\n"
+            "|---|---|---|---|---|---|---|\n" + table
+        ),
+        "results": dg.MetadataValue.json([asdict(r) for r in shown]),
+    }
+    if failed:
+        raise dg.Failure(
+            description="Destinations that did not sync: "
+            + ", ".join(f"{r.destination} ({r.status})" for r in failed)
+            + ". The others shipped; see the summary.",
+            metadata=metadata,
+            allow_retries=False,
+        )
+    return dg.Output(len(shown), metadata=metadata)
+
+
+# -- full_resync ------------------------------------------------------------------------------
+
+
+def declared_waves(destinations: tuple[Destination, ...]) -> list[int]:
+    return sorted({d.wave for d in destinations})
+
+
+def plan_waves(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> dict[str, int]:
+    """Destination key -> wave for this run; raises naming the bad field and value."""
+    keys = [d.key for d in destinations]
+    waves = declared_waves(destinations)
+    unknown = [k for k in [*config.destinations, *config.wave_overrides] if k not in keys]
+    if unknown:
+        raise dg.Failure(
+            description=f"full_resync config: unknown destination(s) {', '.join(unknown)}; "
+            f"declared: {', '.join(keys)}. Nothing was synced.",
+            allow_retries=False,
+        )
+    bad = {k: w for k, w in config.wave_overrides.items() if w not in waves}
+    if bad:
+        raise dg.Failure(
+            description=f"full_resync config: wave_overrides {bad} name a wave that is not "
+            f"declared (declared waves: {waves}). Nothing was synced.",
+            allow_retries=False,
+        )
+    chosen = set(config.destinations or keys)
+    return {
+        d.key: config.wave_overrides.get(d.key, d.wave) for d in destinations if d.key in chosen
+    }
+
+
+def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition:
+    waves = declared_waves(destinations)
+
+    @dg.op(
+        name="resync_plan",
+        description="Checks the form and fixes which destination runs in which wave.",
+    )
+    def plan(context: OpExecutionContext, config: FullResyncConfig) -> dict:
+        plan = plan_waves(config, destinations)
+        context.log.info(
+            "Wave plan: "
+            + "; ".join(
+                f"wave {w}: {', '.join(k for k, v in plan.items() if v == w) or '-'}" for w in waves
+            )
+            + f"; pause {config.pause_seconds:g} s; full_resync={config.full_resync}"
+        )
+        return {"plan": plan, "full_resync": config.full_resync, "pause": config.pause_seconds}
+
+    def destination_op(destination: Destination, wave: int) -> dg.OpDefinition:
+        @dg.op(
+            name=f"wave{wave}__{destination.key}",
+            pool=destination.pool,
+            tags={"destination": destination.destination_type},
+            description=f"Resync {destination.key} if it belongs to wave {wave}.",
+        )
+        def resync_one(
+            context: OpExecutionContext,
+            hightouch: HightouchResource,
+            settings: dict,
+            earlier: list,
+        ) -> WaveResult:
+            if destination.key not in settings["plan"]:
+                return WaveResult(destination.key, "not selected")
+            if settings["plan"][destination.key] != wave:
+                return WaveResult(destination.key, "other wave")
+            done = {r.destination: r for r in earlier}
+            broken = [
+                k
+                for k in destination.after
+                if k in done and done[k].status in ("failed", "blocked", "skipped")
+            ]
+            if broken:
+                return WaveResult(
+                    destination.key,
+                    "skipped",
+                    f"runs after {', '.join(broken)}, which did not sync",
+                )
+            options = SyncOptions(full_resync=settings["full_resync"])
+            return sync_in_op(context, destination, hightouch, options, {"wave": wave})
+
+        return resync_one
+
+    @dg.op(
+        name="wave_pause", description="Gathers a wave's results and pauses before the next wave."
+    )
+    def pause(context: OpExecutionContext, settings: dict, earlier: list, wave: list) -> list:
+        results = [*earlier, *wave]
+        ran = any(r.status not in ("not selected", "other wave") for r in wave)
+        if ran and settings["pause"] > 0:
+            context.log.info(f"Wave done; pausing {settings['pause']:g} s before the next one.")
+            time.sleep(settings["pause"])
+        return results
+
+    @dg.op(
+        name="resync_report", description="Posts the summary, pages failed destinations' owners."
+    )
+    def report(
+        context: OpExecutionContext,
+        slack: SlackWebhookResource,
+        pagerduty: PagerDutyResource,
+        results: list,
+    ) -> int:
+        output = _report(context, results, destinations, slack, pagerduty, "Full resync")
+        context.add_output_metadata(dict(output.metadata))
+        return output.value
+
+    @dg.op(name="resync_start")
+    def start() -> list:
+        return []
+
+    @dg.op(name="wave_results", description="Collects the results of one wave.")
+    def collect_wave(results: list[WaveResult]) -> list:
+        return list(results)
+
+    @dg.graph
+    def full_resync_graph():
+        settings = plan()
+        earlier = start()
+        for wave in waves:
+            ops = [
+                destination_op(d, wave)(settings=settings, earlier=earlier) for d in destinations
+            ]
+            wave_results = collect_wave.alias(f"collect_wave{wave}")(ops)
+            earlier = pause.alias(f"after_wave{wave}")(settings, earlier, wave_results)
+        report(earlier)
+
+    return full_resync_graph.to_job(
+        name=FULL_RESYNC_JOB,
+        description="Resync destinations in throttled waves (waves from destinations.yaml), with "
+        "a pause between waves and one summary at the end.",
+        # A wave's syncs mostly wait on Hightouch: run them all at once, not one per core.
+        executor_def=dg.multiprocess_executor.configured({"max_concurrent": 16}),
+    )
+
+
+# -- resync_destination ------------------------------------------------------------------------
+
+
+def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition:
+    keys = [d.key for d in destinations]
+
+    @dg.op(name="resync_request", description="Checks the request before anything is synced.")
+    def check_request(context: OpExecutionContext, config: ResyncRequest) -> dict:
+        problems = []
+        if config.destination not in keys:
+            problems.append(
+                f"destination {config.destination!r} is not declared ({', '.join(keys)})"
+            )
+        if not config.reason.strip():
+            problems.append("reason is empty")
+        if not config.requested_by.strip():
+            problems.append("requested_by is empty")
+        if problems:
+            raise dg.Failure(
+                description="resync_destination config: "
+                + "; ".join(problems)
+                + ". Nothing was synced.",
+                allow_retries=False,
+            )
+        user = context.run.tags.get("dagster/user")
+        request = {
+            "destination": config.destination,
+            "reason": config.reason.strip(),
+            "requested_by": config.requested_by.strip(),
+            "dagster_user": user or "not set (open-source Dagster does not authenticate users)",
+            "full_resync": config.full_resync,
+        }
+        context.add_output_metadata({k: str(v) for k, v in request.items()})
+        return request
+
+    def destination_op(destination: Destination) -> dg.OpDefinition:
+        @dg.op(
+            name=f"resync__{destination.key}",
+            pool=destination.pool,
+            tags={"destination": destination.destination_type},
+            description=f"Resync {destination.key} when the request names it.",
+        )
+        def resync_one(
+            context: OpExecutionContext, hightouch: HightouchResource, request: dict
+        ) -> WaveResult:
+            if request["destination"] != destination.key:
+                return WaveResult(destination.key, "not selected")
+            return sync_in_op(
+                context,
+                destination,
+                hightouch,
+                SyncOptions(full_resync=request["full_resync"]),
+                {
+                    "reason": request["reason"],
+                    "requested_by": request["requested_by"],
+                    "dagster_user": request["dagster_user"],
+                },
+            )
+
+        return resync_one
+
+    @dg.op(name="announce_resync", description="Posts the outcome with who asked and why.")
+    def announce(
+        context: OpExecutionContext,
+        slack: SlackWebhookResource,
+        pagerduty: PagerDutyResource,
+        request: dict,
+        results: list[WaveResult],
+    ) -> int:
+        note = (
+            f"Resync of {request['destination']} requested by {request['requested_by']} "
+            f"(Dagster user: {request['dagster_user']}): {request['reason']}"
+        )
+        output = _report(context, list(results), destinations, slack, pagerduty, note)
+        context.add_output_metadata({**dict(output.metadata), **request})
+        return output.value
+
+    @dg.graph
+    def resync_graph():
+        request = check_request()
+        results = [destination_op(d)(request=request) for d in destinations]
+        announce(request, results)
+
+    return resync_graph.to_job(
+        name=ONE_OFF_JOB,
+        description="Resync or backfill one destination, with a required reason and requester.",
+        executor_def=dg.in_process_executor,
+    )
+
+
+def build_resync_definitions(destinations: tuple[Destination, ...]) -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[build_full_resync_job(destinations), build_one_off_job(destinations)]
+    )

@@ -1,0 +1,279 @@
+"""The end of every run that synced: one summary per run, and each failed destination's owner paged.
+
+Dagster never executes a step downstream of a failed one, so a summary asset inside the run would
+be skipped exactly when it matters most (Salesforce down, the other destinations shipped). The
+summary is therefore written by two run-status sensors, on success and on failure, for every run
+of this code location that touched a sync: they read the run's event log, post one Slack message
+listing each destination's status, counts and Hightouch run id, record the same table as a
+materialization of the `activate/activation_report` asset (so it is in the UI, linked to the
+run), and page the owner of each destination whose sync failed, and only that owner. A page is
+resolved when the destination's next sync succeeds. Gate refusals are paged by the gate itself.
+
+`report_run` is the function both sensors call; the demo calls it too, right after its
+in-process run, where no daemon runs sensors.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from activation.destinations import Destination
+from activation.notify import NotificationError, SyncOutcome, sync_summary_message
+from activation.paging import PagerDutyResource, dedup_key, page_sync_failure, resolve_page
+from activation.resources import SlackWebhookResource
+
+REPORT_KEY = dg.AssetKey(["activate", "activation_report"])
+FULL_RESYNC_JOB = "full_resync"
+ONE_OFF_RESYNC_JOB = "resync_destination"
+# These jobs post their own summary (their failures are collected, not raised per step).
+SELF_REPORTING_JOBS = frozenset({FULL_RESYNC_JOB, ONE_OFF_RESYNC_JOB})
+_SYNC_PREFIX = "activate"
+
+
+def sync_key_of(destination_key: str) -> dg.AssetKey:
+    return dg.AssetKey([_SYNC_PREFIX, destination_key])
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    outcomes: tuple[SyncOutcome, ...]
+    failures: dict[str, str]
+    """Destination key -> why its sync failed (gate refusals excluded: the gate pages those)."""
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {o.destination: o.status.split(":")[0] for o in self.outcomes}
+
+
+def _number(metadata: dict, name: str) -> int:
+    value = metadata.get(name)
+    return int(value.value) if value is not None else 0
+
+
+def _planned_destinations(
+    run: dg.DagsterRun | None, destinations: Sequence[Destination]
+) -> set[str]:
+    if run is None:
+        return set()
+    if run.asset_selection:
+        return {d.key for d in destinations if sync_key_of(d.key) in run.asset_selection}
+    if run.job_name == "activate":
+        return {d.key for d in destinations}
+    return set()
+
+
+def summarize_run(
+    instance: dg.DagsterInstance, run_id: str, destinations: Sequence[Destination]
+) -> RunReport | None:
+    """Each destination's outcome in the run, or None when the run touched no sync."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.job_name in SELF_REPORTING_JOBS:
+        return None
+    by_key = {d.key: d for d in destinations}
+    synced: dict[str, SyncOutcome] = {}
+    failed: dict[str, SyncOutcome] = {}
+    failures: dict[str, str] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        materialization = entry.asset_materialization
+        if materialization is not None:
+            path = materialization.asset_key.path
+            if len(path) == 2 and path[0] == _SYNC_PREFIX and path[1] in by_key:
+                meta = dict(materialization.metadata)
+                run_url = meta.get("hightouch_run_url")
+                synced[path[1]] = SyncOutcome(
+                    destination=path[1],
+                    status=str(meta["hightouch_status"].value)
+                    if "hightouch_status" in meta
+                    else "success",
+                    hightouch_run_id=str(meta["hightouch_run_id"].value)
+                    if "hightouch_run_id" in meta
+                    else None,
+                    run_url=str(run_url.value) if run_url else None,
+                    added=_number(meta, "successful_added"),
+                    changed=_number(meta, "successful_changed"),
+                    removed=_number(meta, "successful_removed"),
+                    failed=sum(
+                        _number(meta, f"failed_{k}") for k in ("added", "changed", "removed")
+                    ),
+                )
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            meta = dict(data.user_failure_data.metadata) if data.user_failure_data else {}
+            key_value = meta.get("destination")
+            key = str(key_value.value) if key_value is not None else None
+            if key is None and (event.step_key or "").startswith(f"{_SYNC_PREFIX}__"):
+                key = (event.step_key or "").split("__", 1)[1]
+            if key not in by_key:
+                continue
+            reason = (
+                data.user_failure_data.description
+                if data.user_failure_data and data.user_failure_data.description
+                else (data.error.message.strip() if data.error else "step failed")
+            )
+            blocked = "refused_checks" in meta
+            run_id_value = meta.get("hightouch_run_id")
+            url_value = meta.get("hightouch_run_url")
+            failed[key] = SyncOutcome(
+                destination=key,
+                status=("blocked by the quality gate" if blocked else "failed")
+                + f": {reason[:300]}",
+                hightouch_run_id=str(run_id_value.value) if run_id_value else None,
+                run_url=str(url_value.value) if url_value else None,
+                failed=sum(_number(meta, f"failed_{k}") for k in ("added", "changed", "removed")),
+            )
+            if not blocked:
+                failures[key] = reason
+    planned = _planned_destinations(run, destinations)
+    touched = set(synced) | set(failed)
+    if not touched and not planned:
+        return None
+    outcomes = []
+    for destination in destinations:
+        if destination.key in synced:
+            outcomes.append(synced[destination.key])
+        elif destination.key in failed:
+            outcomes.append(failed[destination.key])
+        elif destination.key in planned:
+            upstream = ", ".join(destination.after) or destination.mart
+            outcomes.append(
+                SyncOutcome(
+                    destination.key,
+                    f"skipped: not run because an upstream step failed ({upstream})",
+                    None,
+                    None,
+                )
+            )
+    for key in failures:
+        failures[key] = failures[key][:500]
+    return RunReport(run_id, tuple(outcomes), failures)
+
+
+def _previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    records = instance.fetch_materializations(REPORT_KEY, limit=1).records
+    if not records:
+        return {}
+    materialization = records[0].event_log_entry.asset_materialization
+    value = materialization.metadata.get("statuses") if materialization else None
+    return dict(value.value) if value is not None else {}  # type: ignore[arg-type]
+
+
+def report_run(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    destinations: Sequence[Destination],
+    *,
+    slack: SlackWebhookResource | None,
+    pagerduty: PagerDutyResource | None,
+    log: logging.Logger | dg.DagsterLogManager,
+) -> RunReport | None:
+    """Summarize the run, post it, record it, page the failed destinations' owners."""
+    report = summarize_run(instance, run_id, destinations)
+    if report is None:
+        return None
+    previous = _previous_statuses(instance)
+    if slack is not None:
+        try:
+            slack.post(sync_summary_message(run_id, report.outcomes))
+        except NotificationError as error:
+            log.error(f"SLACK FAILED: the summary of run {run_id} was not posted: {error}")
+    by_key = {d.key: d for d in destinations}
+    for key, reason in report.failures.items():
+        if pagerduty is not None:
+            page_sync_failure(
+                log, pagerduty, None, by_key[key], dagster_run_id=run_id, reason=reason
+            )
+    for key, status in report.statuses.items():
+        if pagerduty is not None and status != "failed" and previous.get(key) == "failed":
+            resolve_page(log, pagerduty, by_key[key], dedup_key(sync_key_of(key), "sync_failed"))
+    statuses = {**previous, **report.statuses}
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=REPORT_KEY,
+            metadata={
+                "dagster_run_id": run_id,
+                "summary": dg.MetadataValue.md(_table(report.outcomes)),
+                "statuses": dg.MetadataValue.json(statuses),
+                "failed_destinations": ", ".join(sorted(report.failures)) or "none",
+            },
+        )
+    )
+    return report
+
+
+def _table(outcomes: Sequence[SyncOutcome]) -> str:
+    rows = "\n".join(
+        f"| {o.destination} | {o.status} | {o.hightouch_run_id or '-'} | {o.added} | "
+        f"{o.changed} | {o.removed} | {o.failed} |"
+        for o in outcomes
+    )
+    return (
+        "| destination | status | Hightouch run | added | changed | removed | failed |\n"
+        "|---|---|---|---|---|---|---|\n" + rows
+    )
+
+
+def build_report_spec(destinations: Sequence[Destination]) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=REPORT_KEY,
+        deps=[sync_key_of(d.key) for d in destinations],
+        group_name="activate",
+        kinds={"slack"},
+        description="One summary per run that synced: each destination's status, row counts "
+        "and Hightouch run id. Written by the activation_summary sensors after the run ends, "
+        "whether it succeeded or failed.",
+    )
+
+
+def build_summary_sensors(destinations: Sequence[Destination]) -> list[dg.SensorDefinition]:
+    captured = tuple(destinations)
+
+    def evaluate(
+        context: dg.RunStatusSensorContext,
+        slack: SlackWebhookResource,
+        pagerduty: PagerDutyResource,
+    ) -> None:
+        report_run(
+            context.instance,
+            context.dagster_run.run_id,
+            captured,
+            slack=slack,
+            pagerduty=pagerduty,
+            log=context.log,
+        )
+
+    @dg.run_status_sensor(
+        name="activation_summary_on_success",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="Posts the per-destination summary of every successful run that synced.",
+    )
+    def on_success(
+        context: dg.RunStatusSensorContext,
+        slack: SlackWebhookResource,
+        pagerduty: PagerDutyResource,
+    ) -> None:
+        evaluate(context, slack, pagerduty)
+
+    @dg.run_status_sensor(
+        name="activation_summary_on_failure",
+        run_status=dg.DagsterRunStatus.FAILURE,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=5,
+        description="Posts the per-destination summary of every failed run that synced and "
+        "pages the owners of the destinations that failed.",
+    )
+    def on_failure(
+        context: dg.RunStatusSensorContext,
+        slack: SlackWebhookResource,
+        pagerduty: PagerDutyResource,
+    ) -> None:
+        evaluate(context, slack, pagerduty)
+
+    return [on_success, on_failure]

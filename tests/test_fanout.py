@@ -1,0 +1,287 @@
+"""Fan-out to every destination with isolation, `after` dependencies, owners, pools and waves.
+
+Real Dagster execution against the sandbox over HTTP; faults are injected in the CRM stand-ins.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import httpx
+import pytest
+
+from activation.demo import ChainResult, prepare_dbt_manifest, run_chain, sandbox_environment
+from activation.destinations import load_destinations
+from activation.sandbox.launcher import SandboxProcess
+
+TOKEN = "fanout-test-token-58e0a7"
+ROUTING_KEYS = {
+    # PagerDuty integration keys are 32 characters; the stand-in refuses others.
+    "PAGERDUTY_ROUTING_KEY_REVENUE_OPS": "R" * 32,
+    "PAGERDUTY_ROUTING_KEY_MARKETING_OPS": "M" * 32,
+    "PAGERDUTY_ROUTING_KEY_LIFECYCLE": "L" * 32,
+}
+DESTINATIONS = {d.key: d for d in load_destinations()}
+
+
+@dataclass
+class World:
+    sandbox: SandboxProcess
+    instance: dg.DagsterInstance
+    folder: Path
+    first: ChainResult
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("fanout") / "data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
+        patch.setenv("ACTIVATION_SYNC_RETRY_DELAY_SECONDS", "0.1")
+        for name, value in ROUTING_KEYS.items():
+            patch.setenv(name, value)
+        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
+            prepare_dbt_manifest()
+            home = tmp_path_factory.mktemp("fanout_home")
+            with dg.instance_for_test(temp_dir=str(home)) as instance:
+                # Salesforce is down for the first run (its stand-in answers 503 to every call).
+                inject(sandbox, kind="crm_status", destination_type="salesforce", count=10_000)
+                first = run_chain(instance, "CRITICAL")
+                httpx.delete(sandbox.url + "/sandbox/faults").raise_for_status()
+                yield World(sandbox, instance, folder, first)
+
+
+def inject(sandbox: SandboxProcess, **spec: object) -> None:
+    response = httpx.post(sandbox.url + "/sandbox/faults", json=spec)
+    assert response.status_code == 201, response.text
+
+
+def mart_rows(world: World, mart: str) -> int:
+    with duckdb.connect(str(world.folder / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute(f"select count(*) from marts.{mart}").fetchone()[0]
+
+
+def test_one_destination_down_the_others_ship(world: World) -> None:
+    first = world.first
+    assert not first.success
+    assert first.failed_steps == ["activate__salesforce_accounts"]
+    assert set(first.syncs) == {"hubspot_contacts", "iterable_users", "braze_users"}
+    for key, destination in DESTINATIONS.items():
+        records = world.sandbox.records(destination.destination_type, destination.object)
+        expected = mart_rows(world, destination.mart) if key in first.syncs else 0
+        assert len(records) == expected, key
+
+
+def test_the_dependent_sync_is_skipped_and_named_in_the_summary(world: World) -> None:
+    texts = [n["body"]["text"] for n in world.sandbox.notifications("slack")]
+    summary = next(t for t in texts if world.first.run_id in t)
+    assert "*salesforce_accounts*: failed" in summary
+    assert "*salesforce_contacts*: skipped" in summary
+    for key in ("hubspot_contacts", "iterable_users", "braze_users"):
+        run_id = world.first.syncs[key]["hightouch_run_id"]
+        assert f"*{key}*: success | run {run_id} |" in summary
+    report = world.instance.fetch_materializations(
+        dg.AssetKey(["activate", "activation_report"]), limit=1
+    ).records[0]
+    metadata = report.event_log_entry.asset_materialization.metadata
+    assert metadata["dagster_run_id"].value == world.first.run_id
+    assert metadata["failed_destinations"].value == "salesforce_accounts"
+
+
+def test_only_the_failed_destinations_owner_is_paged(world: World) -> None:
+    pages = [n["body"] for n in world.sandbox.notifications("pagerduty")]
+    triggers = [p for p in pages if p["event_action"] == "trigger"]
+    assert [p["routing_key"] for p in triggers] == [
+        ROUTING_KEYS["PAGERDUTY_ROUTING_KEY_REVENUE_OPS"]
+    ]
+    assert "salesforce_accounts" in triggers[0]["payload"]["summary"]
+    assert TOKEN not in repr(pages)
+
+
+def test_the_owner_is_in_the_asset_graph() -> None:
+    from activation.activate import build_sync_asset
+
+    spec = next(iter(build_sync_asset(DESTINATIONS["hubspot_contacts"]).specs))
+    assert spec.owners == ["team:marketing-ops"]
+    assert spec.metadata["slack_channel"] == "#marketing-ops-alerts"
+
+
+def test_the_page_is_resolved_when_the_destination_syncs_again(world: World) -> None:
+    again = run_chain(world.instance, "CRITICAL")
+    assert again.success, again.failed_steps
+    pages = [n["body"] for n in world.sandbox.notifications("pagerduty")]
+    resolves = [p for p in pages if p["event_action"] == "resolve"]
+    triggers = [p for p in pages if p["event_action"] == "trigger"]
+    assert [p["dedup_key"] for p in resolves] == [triggers[0]["dedup_key"]]
+    for destination in ("salesforce_accounts", "salesforce_contacts"):
+        d = DESTINATIONS[destination]
+        assert len(world.sandbox.records(d.destination_type, d.object)) == mart_rows(world, d.mart)
+
+
+def _events_with_time(instance: dg.DagsterInstance, run_id: str):
+    for entry in instance.all_logs(run_id):
+        if entry.dagster_event is not None:
+            yield entry
+
+
+def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for entry in _events_with_time(instance, run_id):
+        event = entry.dagster_event
+        key = event.step_key or ""
+        if event.event_type_value == "STEP_START":
+            starts.setdefault(key, entry.timestamp)
+        if event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            ends[key] = entry.timestamp
+    return {key: (starts[key], ends[key]) for key in starts if key in ends}
+
+
+def test_full_resync_runs_in_waves_with_a_pause_and_removes_nothing(world: World) -> None:
+    from activation.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("full_resync")
+    pause = 1.5
+    result = job.execute_in_process(
+        instance=world.instance,
+        run_config={"ops": {"resync_plan": {"config": {"pause_seconds": pause}}}},
+        raise_on_error=False,
+    )
+    assert result.success
+    windows = step_windows(world.instance, result.run_id)
+    synced = {
+        key: window
+        for key, window in windows.items()
+        if key.startswith("wave") and _synced_in(result, key)
+    }
+    wave1 = {k: w for k, w in synced.items() if k.startswith("wave1__")}
+    wave2 = {k: w for k, w in synced.items() if k.startswith("wave2__")}
+    assert {k.split("__", 1)[1] for k in wave1} == {
+        d.key for d in DESTINATIONS.values() if d.wave == 1
+    }
+    assert {k.split("__", 1)[1] for k in wave2} == {
+        d.key for d in DESTINATIONS.values() if d.wave == 2
+    }
+    wave1_done = max(end for _, end in wave1.values())
+    wave2_start = min(start for start, _ in wave2.values())
+    assert wave2_start >= wave1_done + pause
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        key = event.asset_key.path[-1]
+        assert metadata["full_resync"].value is True
+        assert metadata["planned_removed"].value == 0
+        assert metadata["planned_added"].value == mart_rows(world, DESTINATIONS[key].mart)
+    assert len(result.get_asset_materialization_events()) == len(DESTINATIONS)
+
+
+def _synced_in(result: dg.ExecuteInProcessResult, step_key: str) -> bool:
+    return any(
+        e.step_key == step_key and e.event_type_value == "ASSET_MATERIALIZATION"
+        for e in result.all_events
+    )
+
+
+def test_a_bad_wave_override_is_refused_before_any_sync(world: World) -> None:
+    from activation.definitions import build_definitions
+
+    before = world.sandbox.trigger_counts()
+    result = (
+        build_definitions()
+        .resolve_job_def("full_resync")
+        .execute_in_process(
+            instance=world.instance,
+            run_config={
+                "ops": {
+                    "resync_plan": {
+                        "config": {"wave_overrides": {"braze_users": 7}, "pause_seconds": 0}
+                    }
+                }
+            },
+            raise_on_error=False,
+        )
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "wave_overrides" in str(failure.step_failure_data.user_failure_data.description)
+    assert world.sandbox.trigger_counts() == before
+
+
+def test_a_one_off_resync_records_who_asked_and_why(world: World) -> None:
+    from activation.definitions import build_definitions
+
+    result = (
+        build_definitions()
+        .resolve_job_def("resync_destination")
+        .execute_in_process(
+            instance=world.instance,
+            run_config={
+                "ops": {
+                    "resync_request": {
+                        "config": {
+                            "destination": "braze_users",
+                            "reason": "schema change in braze attributes",
+                            "requested_by": "dana@lifecycle",
+                        }
+                    }
+                }
+            },
+            tags={"dagster/user": "dana@example.com"},
+            raise_on_error=False,
+        )
+    )
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    assert event.asset_key == dg.AssetKey(["activate", "braze_users"])
+    assert metadata["reason"].value == "schema change in braze attributes"
+    assert metadata["requested_by"].value == "dana@lifecycle"
+    assert metadata["dagster_user"].value == "dana@example.com"
+    text = world.sandbox.notifications("slack")[-1]["body"]["text"]
+    assert "requested by dana@lifecycle" in text and "schema change" in text
+
+
+POOL_TEST_TAG = "activation/test"
+
+
+def _launch_resync(instance_ref: object, destination_key: str) -> None:
+    """One run of resync_destination in its own process (two in-process runs in one process
+    would share Python's logging locks, which Dagster's in-process executor does not expect)."""
+    from activation.definitions import build_definitions
+
+    config = {
+        "ops": {
+            "resync_request": {
+                "config": {"destination": destination_key, "reason": "pool", "requested_by": "ci"}
+            }
+        }
+    }
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:  # type: ignore[arg-type]
+        build_definitions().resolve_job_def("resync_destination").execute_in_process(
+            instance=instance, run_config=config, tags={POOL_TEST_TAG: "pool"}, raise_on_error=False
+        )
+
+
+def test_two_runs_against_one_destination_are_serialized_by_its_pool(world: World) -> None:
+    destination = DESTINATIONS["iterable_users"]
+    world.instance.event_log_storage.set_concurrency_slots(destination.pool, 1)
+    inject(world.sandbox, kind="run", sync_id=destination.sync_id, running_seconds=2, count=2)
+    spawn = multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(target=_launch_resync, args=(world.instance.get_ref(), destination.key))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+        assert process.exitcode == 0
+    runs = world.instance.get_runs(filters=dg.RunsFilter(tags={POOL_TEST_TAG: "pool"}))
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    step = f"resync__{destination.key}"
+    first, second = sorted(step_windows(world.instance, run.run_id)[step] for run in runs)
+    assert second[0] >= first[1], "the second run's sync started before the first one ended"
