@@ -1,0 +1,190 @@
+"""Helpers for tests/test_promotion.py: run `promote` while a reviewer answers from another thread.
+
+The reviewer reads the review message from the sandbox's Slack sink (where a real reviewer reads
+it), takes the run id, staging run id and approval code from it, and decides through the CLI (in
+a subprocess or in process), the `sign_off_decision` job, or a raw observation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from activation import cli
+from activation.sandbox.launcher import SandboxProcess
+
+_APPROVE = re.compile(
+    r"activation approve (?P<run>\S+) --reviewer YOUR_NAME --code (?P<code>\S+) "
+    r"--staging-run (?P<staging>\S+)"
+)
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """What a reviewer learns from the review message."""
+
+    run_id: str
+    code: str
+    staging_run_id: str
+    slack_text: str
+
+
+def wait_for_invitation(sandbox: SandboxProcess, timeout: float = 60.0) -> Invitation:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in sandbox.notifications("slack"):
+            match = _APPROVE.search(message["body"].get("text", ""))
+            if match:
+                return Invitation(
+                    match["run"], match["code"], match["staging"], message["body"]["text"]
+                )
+        time.sleep(0.1)
+    raise AssertionError("no review message reached the Slack sink")
+
+
+def run_cli(home: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`activation ...` in a child process using the Dagster home `home` (as a reviewer would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "activation.cli", *args],
+        env={**os.environ, "DAGSTER_HOME": home},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """`activation ...` in this process (DAGSTER_HOME set by the test), output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+@dataclass
+class Reviewer:
+    """Runs `act(invitation)` in a thread once the review message is out; keeps what it saw."""
+
+    sandbox: SandboxProcess
+    act: Callable[[Invitation], Any]
+    invitation: Invitation | None = None
+    outcome: Any = None
+    error: BaseException | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> Reviewer:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.invitation = wait_for_invitation(self.sandbox)
+            self.outcome = self.act(self.invitation)
+        except BaseException as error:  # re-raised in the test thread by `join`
+            self.error = error
+
+    def join(self) -> Any:
+        assert self._thread is not None
+        self._thread.join(timeout=120)
+        if self.error is not None:
+            raise self.error
+        return self.outcome
+
+
+def promote_config(**changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "staging_sync": "salesforce-contacts-staging",
+        "production_sync": "salesforce-contacts",
+        "allowed_reviewers": ["alice", "bob"],
+        "approval_timeout_seconds": 30.0,
+        "poll_interval_seconds": 0.2,
+    }
+    return {**values, **changes}
+
+
+def step_metadata(result: dg.ExecuteInProcessResult, step: str) -> dict[str, Any]:
+    """Plain values of the metadata of the step's output."""
+    for event in result.all_events:
+        if event.step_key == step and event.event_type_value == "STEP_OUTPUT":
+            metadata = event.event_specific_data.metadata  # type: ignore[union-attr]
+            return {k: v.value for k, v in metadata.items()}
+    raise AssertionError(f"step {step} produced no output")
+
+
+def failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
+    for event in result.all_events:
+        if event.step_key == step and event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error  # type: ignore[union-attr]
+            return error.message if error else ""
+    raise AssertionError(f"step {step} did not fail")
+
+
+def promotion_definitions(sandbox_url: str) -> dg.Definitions:
+    """The promotion jobs with resources pointed at the sandbox (quick polling for tests)."""
+    from activation.environment import SANDBOX_HIGHTOUCH_PREFIX, SANDBOX_SLACK_WEBHOOK_PATH
+    from activation.promotion import build_promotion_definitions
+    from activation.resources import HightouchResource, SlackWebhookResource
+
+    core = dg.Definitions(
+        resources={
+            "hightouch": HightouchResource(
+                api_base_url=sandbox_url + SANDBOX_HIGHTOUCH_PREFIX,
+                api_token=dg.EnvVar("HIGHTOUCH_API_TOKEN"),
+                app_url=sandbox_url + "/hightouch/app",
+                poll_interval_seconds=0.1,
+                max_poll_interval_seconds=0.2,
+            ),
+            "slack": SlackWebhookResource(webhook_url=sandbox_url + SANDBOX_SLACK_WEBHOOK_PATH),
+        }
+    )
+    return dg.Definitions.merge(core, build_promotion_definitions())
+
+
+def _run_sign_off_job(instance_ref: Any, sandbox_url: str, form: dict, answer: Any) -> None:
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        job = promotion_definitions(sandbox_url).resolve_job_def("sign_off_decision")
+        result = job.execute_in_process(
+            run_config={"ops": {"record_sign_off": {"config": form}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        answer.put(result.run_id)
+
+
+def launch_sign_off_job(instance: dg.DagsterInstance, sandbox_url: str, form: dict) -> str:
+    """Run the sign_off_decision job in a child process (two in-process Dagster runs in one
+    process contend for Python's logging locks and can deadlock); returns its run id."""
+    spawn = multiprocessing.get_context("spawn")
+    answer = spawn.Queue()
+    child = spawn.Process(
+        target=_run_sign_off_job, args=(instance.get_ref(), sandbox_url, form, answer)
+    )
+    child.start()
+    run_id = answer.get(timeout=180)
+    child.join(timeout=60)
+    return run_id
+
+
+def run_step_metadata(instance: dg.DagsterInstance, run_id: str, step: str) -> dict[str, Any]:
+    """Output metadata of `step` in a finished run, read back from the event log."""
+    values: dict[str, Any] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key != step or event.event_type_value != "STEP_OUTPUT":
+            continue
+        for name, value in event.event_specific_data.metadata.items():
+            values[name] = value.value
+    return values
