@@ -1,0 +1,187 @@
+"""`activation webhooks --port N`: the HTTP intake for "data landed" signals.
+
+Routes:
+- `POST /webhooks/fivetran`: a Fivetran webhook, signed with `X-Fivetran-Signature-256`. Only
+  `sync_end` with `data.status == "SUCCESSFUL"` means data landed; other events are answered
+  200 `ignored` and not recorded. Event id: `fivetran:<sync_id>` (or connector + created time
+  when a payload has no sync id).
+- `POST /webhooks/signal`: any caller, signed with `X-Activation-Timestamp` and
+  `X-Activation-Signature` (see `signatures`). Body: `{"event_id": "...", "source": "..."}`.
+- `GET /webhooks/health`.
+
+Answers: 202 accepted (recorded), 200 ignored, 400 malformed body, 401 unsigned, 403 forged or
+stale, 409 replayed event id, 413 body too large. A replay gets 409, not 200: it is a refusal
+(nothing is recorded, no run follows), and saying so lets a caller tell "accepted now" from
+"already had it"; a sender that retries on 409 only ever gets 409 again, so it cannot cause a
+second run. Requests are checked in that order: size, signature, clock, body, replay, so an
+unauthenticated body is never parsed.
+
+The secret comes from `ACTIVATION_WEBHOOK_SECRET` and is never logged; a missing secret fails at
+start with the variable named. Serve it on 127.0.0.1 behind a TLS-terminating proxy
+(docs/event-driven.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from activation.environment import MissingSettingError
+from activation.webhooks import store
+from activation.webhooks.signatures import (
+    DEFAULT_TOLERANCE_SECONDS,
+    FIVETRAN_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Rejection,
+    verify_fivetran,
+    verify_generic,
+)
+
+SECRET_VAR = "ACTIVATION_WEBHOOK_SECRET"
+MAX_BODY_BYTES = 1 << 20
+MAX_EVENT_ID_CHARS = 200
+
+logger = logging.getLogger(__name__)
+
+
+def webhook_secret() -> str:
+    """The signing secret; raises naming the variable when it is unset or blank."""
+    value = os.environ.get(SECRET_VAR, "").strip()
+    if not value:
+        raise MissingSettingError(
+            f"{SECRET_VAR} is not set: the webhook intake needs the shared signing secret "
+            "(the same value configured as the webhook secret in Fivetran or the caller)."
+        )
+    return value
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Rejection(400, "malformed: the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejection(400, "malformed: the body must be a JSON object")
+    return value
+
+
+def _text(payload: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EVENT_ID_CHARS:
+        raise Rejection(
+            400,
+            f"malformed: {name} must be a non-empty string of at most "
+            f"{MAX_EVENT_ID_CHARS} characters",
+        )
+    return value.strip()
+
+
+def fivetran_event_id(payload: dict[str, Any]) -> str | None:
+    """`fivetran:<sync_id>` for a successful sync_end; None for events that land no data."""
+    if _text(payload, "event", required=True) != "sync_end":
+        return None
+    data = payload.get("data")
+    if not isinstance(data, dict) or data.get("status") != "SUCCESSFUL":
+        return None
+    sync_id = payload.get("sync_id")
+    if isinstance(sync_id, str) and sync_id.strip():
+        return f"fivetran:{sync_id.strip()}"
+    connector = _text(payload, "connector_id", required=True)
+    created = _text(payload, "created", required=True)
+    return f"fivetran:{connector}:{created}"
+
+
+def build_intake_app(
+    secret: str,
+    db_path: Path,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+) -> Starlette:
+    store.initialise(db_path)
+
+    def accept(event_id: str, source: str, payload: dict[str, Any]) -> JSONResponse:
+        try:
+            event = store.record(db_path, event_id, source, payload)
+        except store.DuplicateEvent:
+            logger.warning("replayed webhook event %s refused", event_id)
+            raise Rejection(409, f"replayed: event {event_id} was already received") from None
+        logger.info("accepted webhook event %s from %s", event_id, source)
+        return JSONResponse(
+            {"status": "accepted", "event_id": event_id, "seq": event.seq}, status_code=202
+        )
+
+    async def fivetran(request: Request, body: bytes) -> JSONResponse:
+        verify_fivetran(secret, body, request.headers.get(FIVETRAN_SIGNATURE_HEADER))
+        payload = _json_object(body)
+        event_id = fivetran_event_id(payload)
+        if event_id is None:
+            return JSONResponse({"status": "ignored", "reason": "not a successful sync_end"})
+        return accept(event_id, "fivetran", payload)
+
+    async def signal(request: Request, body: bytes) -> JSONResponse:
+        verify_generic(
+            secret,
+            body,
+            request.headers.get(TIMESTAMP_HEADER),
+            request.headers.get(SIGNATURE_HEADER),
+            tolerance_seconds=tolerance_seconds,
+        )
+        payload = _json_object(body)
+        event_id = _text(payload, "event_id", required=True)
+        source = _text(payload, "source", required=False) or "signal"
+        return accept(f"signal:{event_id}", source, payload)
+
+    def guarded(handler: Callable) -> Callable:
+        async def endpoint(request: Request) -> JSONResponse:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                # Refused before reading, so a huge body is never buffered.
+                return JSONResponse(
+                    {"status": "rejected", "reason": f"the body is over {MAX_BODY_BYTES} bytes"},
+                    status_code=413,
+                )
+            body = await request.body()
+            try:
+                if len(body) > MAX_BODY_BYTES:
+                    raise Rejection(413, f"the body is over {MAX_BODY_BYTES} bytes")
+                return await handler(request, body)
+            except Rejection as rejection:
+                if rejection.status in (401, 403):
+                    client = request.client.host if request.client else "?"
+                    logger.warning("refused webhook from %s: %s", client, rejection.reason)
+                return JSONResponse(
+                    {"status": "rejected", "reason": rejection.reason},
+                    status_code=rejection.status,
+                )
+
+        return endpoint
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/fivetran", guarded(fivetran), methods=["POST"]),
+            Route("/webhooks/signal", guarded(signal), methods=["POST"]),
+            Route("/webhooks/health", health, methods=["GET"]),
+        ]
+    )
+
+
+def serve(host: str, port: int, tolerance_seconds: float, db_path: Path | None = None) -> None:
+    import uvicorn
+
+    app = build_intake_app(webhook_secret(), db_path or store.events_db_path(), tolerance_seconds)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

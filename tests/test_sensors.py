@@ -1,0 +1,340 @@
+"""The trigger sensors, ticked with `build_sensor_context` and their cursors.
+
+- mart_update_sensor: real Dagster runs on a test instance. The mart is a small asset with a
+  blocking check (the dbt build is covered by test_chain); the sync asset is a stand-in that
+  waits on an event, so a sync run is genuinely in flight while the mart updates again.
+- airbyte_job_sensor: the real code location against the sandbox's Airbyte API, with jobs started
+  outside Dagster (POST /jobs over HTTP) and by Dagster (the ingest asset).
+- webhook_event_sensor: events recorded in the intake's SQLite file.
+"""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from activation.automation import SYNC_JOB_NAME, build_mart_update_sensor, load_cursor
+from activation.destinations import load_destinations
+from activation.run_history import events_of_run, failed_blocking_checks, planned_asset_keys
+from activation.webhooks import store
+from activation.webhooks.sensor import build_webhook_event_sensor
+
+DESTINATION = next(d for d in load_destinations() if d.key == "salesforce_contacts")
+MART = dg.AssetKey(["marts", DESTINATION.mart])
+SYNC = dg.AssetKey(["activate", DESTINATION.key])
+
+
+class MartWorld:
+    """A mart with a blocking check, a stand-in sync asset that can be held in flight."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self.check_passes = True
+        self.release = threading.Event()
+        self.release.set()
+        self.sync_runs: list[str] = []
+        world = self
+
+        @dg.asset(key=MART, check_specs=[dg.AssetCheckSpec("unique_id", asset=MART, blocking=True)])
+        def mart() -> Iterator[object]:
+            yield dg.Output(None)
+            yield dg.AssetCheckResult(check_name="unique_id", passed=world.check_passes)
+
+        @dg.asset(key=SYNC, deps=[MART])
+        def sync(context: dg.AssetExecutionContext) -> None:
+            world.sync_runs.append(context.run.run_id)
+            assert world.release.wait(60), "the test never released the sync"
+
+        self.assets = [mart, sync]
+        self.sensor = build_mart_update_sensor([DESTINATION], SYNC_JOB_NAME)
+
+    def update_mart(self) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            self.assets, instance=self.instance, selection=[MART], raise_on_error=False
+        )
+
+    def tick(self, cursor: str | None) -> dg.SensorResult:
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor)
+        return self.sensor(context)
+
+    def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            self.assets,
+            instance=self.instance,
+            selection=list(request.asset_selection or []),
+            tags=request.tags,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[MartWorld]:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        yield MartWorld(instance)
+
+
+def _newest_mart_storage_id(instance: dg.DagsterInstance) -> int:
+    return instance.fetch_materializations(MART, limit=1).records[0].storage_id
+
+
+def test_every_trigger_sensor_is_running_by_default_with_a_short_interval() -> None:
+    from activation.automation import build_automation_definitions
+
+    defs = build_automation_definitions([], load_destinations())
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"mart_update_sensor", "airbyte_job_sensor", "webhook_event_sensor"}
+    for sensor in sensors.values():
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert (sensor.minimum_interval_seconds or 30) <= 30
+
+
+def test_mart_update_requests_one_sync_and_none_on_repeat(world: MartWorld) -> None:
+    world.update_mart()
+    first = world.tick(None)  # first evaluation: starts from now, answers nothing old
+    assert first.run_requests == []
+    world.update_mart()
+    second = world.tick(first.cursor)
+    assert len(second.run_requests) == 1
+    request = second.run_requests[0]
+    newest = _newest_mart_storage_id(world.instance)
+    assert request.run_key == f"mart-update:{MART.to_user_string()}:{newest}"
+    assert list(request.asset_selection or []) == [SYNC]
+    assert request.tags["activation/trigger"] == "mart-update"
+    assert load_cursor(second.cursor)[MART.to_user_string()] == newest
+
+    repeat = world.tick(second.cursor)
+    assert repeat.run_requests == []
+    # A daemon that lost the new cursor re-evaluates with the old one: same run key, so Dagster
+    # launches nothing twice.
+    replay = world.tick(first.cursor)
+    assert [r.run_key for r in replay.run_requests] == [request.run_key]
+
+
+def test_update_during_an_in_flight_sync_leads_to_exactly_one_more_sync(
+    world: MartWorld,
+) -> None:
+    world.update_mart()
+    cursor = world.tick(None).cursor
+    world.update_mart()
+    result = world.tick(cursor)
+    (request,) = result.run_requests
+    cursor = result.cursor
+
+    world.release.clear()
+    launched: list[dg.ExecuteInProcessResult] = []
+    runner = threading.Thread(target=lambda: launched.append(world.launch(request)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not world.sync_runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert world.sync_runs, "the sync run never started"
+        in_flight = world.instance.get_run_by_id(world.sync_runs[0])
+        assert in_flight is not None and in_flight.status == dg.DagsterRunStatus.STARTED
+
+        world.update_mart()  # two updates land while the sync is still running
+        world.update_mart()
+        waiting = world.tick(cursor)
+        assert waiting.run_requests == []
+        assert "in flight" in (waiting.skip_reason.skip_message or "")
+        assert waiting.cursor == cursor  # the updates stay pending
+    finally:
+        world.release.set()
+        runner.join(60)
+    assert launched and launched[0].success
+
+    after = world.tick(cursor)
+    assert len(after.run_requests) == 1  # the two updates coalesce into one more sync
+    newest = _newest_mart_storage_id(world.instance)
+    assert after.run_requests[0].run_key.endswith(f":{newest}")
+    assert world.tick(after.cursor).run_requests == []
+
+
+def test_failed_blocking_check_requests_no_sync(world: MartWorld) -> None:
+    world.update_mart()
+    cursor = world.tick(None).cursor
+    world.check_passes = False
+    failed = world.update_mart()
+    assert failed_blocking_checks(world.instance, failed.run_id, MART) == ["unique_id"]
+    result = world.tick(cursor)
+    assert result.run_requests == []
+    assert load_cursor(result.cursor)[MART.to_user_string()] == _newest_mart_storage_id(
+        world.instance
+    )
+
+
+def test_a_run_that_synced_the_mart_itself_requests_nothing(world: MartWorld) -> None:
+    world.update_mart()
+    cursor = world.tick(None).cursor
+    whole = dg.materialize(world.assets, instance=world.instance)  # mart and sync in one run
+    assert whole.success
+    assert world.tick(cursor).run_requests == []
+
+
+def test_run_history_reads_planned_assets_and_check_evaluations(world: MartWorld) -> None:
+    """Pins the one non-public call the sensors use (`get_records_for_run`)."""
+    run = dg.materialize(world.assets, instance=world.instance)
+    assert planned_asset_keys(world.instance, run.run_id) == {MART, SYNC}
+    checks = events_of_run(world.instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    assert [e.dagster_event.asset_check_evaluation_data.check_name for e in checks] == ["unique_id"]
+    assert failed_blocking_checks(world.instance, run.run_id, MART) == []
+
+
+# -- webhook_event_sensor --------------------------------------------------------------------------
+
+
+def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path))
+    sensor = build_webhook_event_sensor("build_after_upstream", [MART])
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+        empty = tick(None)
+        assert empty.run_requests == [] and empty.skip_reason is not None
+
+        path = store.events_db_path()
+        store.initialise(path)
+        store.record(path, "signal:a", "script", {"event_id": "a"})
+        store.record(path, "fivetran:s1", "fivetran", {"sync_id": "s1"})
+        first = tick(empty.cursor)
+        assert [r.run_key for r in first.run_requests] == ["webhook:signal:a"]
+        second = tick(first.cursor)
+        assert [r.run_key for r in second.run_requests] == ["webhook:fivetran:s1"]
+        assert second.run_requests[0].tags["activation/webhook-source"] == "fivetran"
+        assert tick(second.cursor).run_requests == []  # none on repeat
+        assert [r.run_key for r in tick(first.cursor).run_requests] == ["webhook:fivetran:s1"]
+
+        with pytest.raises(store.DuplicateEvent):
+            store.record(path, "signal:a", "script", {"event_id": "a"})
+        store.record(path, "signal:b", "script", {"event_id": "b"})
+        # While a run that builds the marts is going, the next event waits (one build at a time).
+        world = MartWorld(instance)
+        job = dg.Definitions(assets=world.assets).resolve_implicit_global_asset_job_def()
+        building = instance.create_run_for_job(
+            job, asset_selection=frozenset({MART}), status=dg.DagsterRunStatus.NOT_STARTED
+        )
+        waiting = tick(second.cursor)
+        assert waiting.run_requests == [] and waiting.cursor == second.cursor
+        instance.report_run_canceled(building)
+        last = tick(waiting.cursor)
+        assert [r.run_key for r in last.run_requests] == ["webhook:signal:b"]
+        assert json.loads(last.cursor or "{}") == {"seq": 3}
+
+
+# -- airbyte_job_sensor ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    from activation.demo import prepare_dbt_manifest, sandbox_environment
+
+    folder = tmp_path_factory.mktemp("airbyte_sensor") / "data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HIGHTOUCH_API_TOKEN", "airbyte-sensor-test-token")
+        with sandbox_environment(folder, "--phase-seconds", "0.3", "--rows", "50") as sandbox:
+            prepare_dbt_manifest()
+            from activation.definitions import build_definitions
+
+            yield sandbox, build_definitions()
+
+
+def _start_job_outside_dagster(url: str) -> int:
+    from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
+
+    response = httpx.post(
+        f"{url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs",
+        json={"connectionId": SANDBOX_AIRBYTE_CONNECTION_ID, "jobType": "sync"},
+    )
+    response.raise_for_status()
+    return int(response.json()["jobId"])
+
+
+def _wait_for_job(url: str, job_id: int) -> None:
+    from activation.environment import SANDBOX_AIRBYTE_REST_PREFIX
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs/{job_id}").json()["status"]
+        if status not in ("pending", "running"):
+            assert status == "succeeded"
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"Airbyte job {job_id} did not finish")
+
+
+def test_airbyte_sensor_answers_each_outside_job_once(
+    airbyte_location: tuple, tmp_path: Path
+) -> None:
+    sandbox, defs = airbyte_location
+    sensor = next(s for s in defs.sensors if s.name == "airbyte_job_sensor")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
+            )
+            return sensor(context)
+
+        baseline = tick(None)
+        assert baseline.run_requests == []
+
+        outside = _start_job_outside_dagster(sandbox.url)
+        running = tick(baseline.cursor)  # still pending or running: decided later, not skipped
+        assert running.run_requests == []
+        _wait_for_job(sandbox.url, outside)
+        done = tick(running.cursor)
+        (request,) = done.run_requests
+        assert request.run_key == f"airbyte-job:{outside}"
+        assert request.tags["activation/airbyte-job-id"] == str(outside)
+        selection = set(request.asset_selection or [])
+        assert dg.AssetKey(["marts", DESTINATION.mart]) in selection
+        assert SYNC in selection
+        assert not any(key.path[0] == "raw" for key in selection)
+        assert tick(done.cursor).run_requests == []
+
+        # A job Dagster's ingest step started is not answered (the run that started it goes on).
+        ingest = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection={dg.AssetKey(["raw", "customers"])}
+        )
+        assert ingest.execute_in_process(instance=instance).success
+        assert tick(done.cursor).run_requests == []
+
+
+def test_airbyte_sensor_waits_while_a_dagster_ingest_run_is_in_flight(
+    airbyte_location: tuple, tmp_path: Path
+) -> None:
+    sandbox, defs = airbyte_location
+    sensor = next(s for s in defs.sensors if s.name == "airbyte_job_sensor")
+    raw = dg.AssetKey(["raw", "customers"])
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
+            )
+            return sensor(context)
+
+        baseline = tick(None)
+        # An unfinished ingest run may be the one that starts the next job: no decision yet.
+        ingest_job = defs.resolve_implicit_global_asset_job_def()
+        queued = instance.create_run_for_job(
+            ingest_job, asset_selection=frozenset({raw}), status=dg.DagsterRunStatus.NOT_STARTED
+        )
+        job_id = _start_job_outside_dagster(sandbox.url)
+        _wait_for_job(sandbox.url, job_id)
+        waiting = tick(baseline.cursor)
+        assert waiting.run_requests == []
+        assert waiting.cursor == baseline.cursor
+        assert "in flight" in (waiting.skip_reason.skip_message or "")
+
+        instance.report_run_canceled(queued)  # it ended without recording this job as its own
+        decided = tick(waiting.cursor)
+        assert [r.run_key for r in decided.run_requests] == [f"airbyte-job:{job_id}"]
