@@ -7,16 +7,18 @@ image build), because `@dbt_assets` reads it when definitions load.
 
 from __future__ import annotations
 
-import os
-
 from dagster_dbt import DbtProject
 
-from activation.paths import DBT_PROJECT_DIR
+from activation.paths import DBT_PROJECT_DIR, warehouse_target
 
-DBT_TARGET_VAR = "ACTIVATION_DBT_TARGET"
+_target = warehouse_target()
 
+# The manifest records the adapter (asset kinds and storage metadata come from it), so a target
+# other than the default duckdb keeps its own manifest in `target/<target>/`: a postgres code
+# location and a duckdb one can be prepared side by side without overwriting each other.
 dbt_project = DbtProject(
     project_dir=DBT_PROJECT_DIR,
     profiles_dir=DBT_PROJECT_DIR,
-    target=os.environ.get(DBT_TARGET_VAR) or "duckdb",
+    target=_target,
+    target_path="target" if _target == "duckdb" else f"target/{_target}",
 )

@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+# `ACTIVATION_DBT_PROJECT_DIR` points the code location at another dbt project (the load-time
+# benchmark generates one); read once, when this module is imported.
+DBT_PROJECT_DIR = Path(
+    os.environ.get("ACTIVATION_DBT_PROJECT_DIR") or PROJECT_ROOT / "dbt_project"
+).resolve()
+DBT_TARGET_VAR = "ACTIVATION_DBT_TARGET"
 DEFAULT_DESTINATIONS_FILE = PROJECT_ROOT / "destinations.yaml"
 
 
@@ -22,6 +27,12 @@ def data_dir() -> Path:
 def warehouse_path() -> Path:
     """The DuckDB warehouse file that dbt builds (the dbt profile reads the same variable)."""
     return data_dir() / "warehouse.duckdb"
+
+
+def warehouse_target() -> str:
+    """The dbt target, and so the warehouse: `duckdb` (default, the file above) or `postgres`
+    (ACTIVATION_PG_* variables; the sandbox then lands raw tables there and reads marts there)."""
+    return os.environ.get(DBT_TARGET_VAR, "").strip() or "duckdb"
 
 
 def raw_dir() -> Path:

@@ -4,7 +4,7 @@
 with customer_subscriptions as (
     select
         customer_id,
-        bool_or(status in ('active', 'trialing')) as is_active,
+        {{ dbt.bool_or("status in ('active', 'trialing')") }} as is_active,
         sum(case when status = 'active' then mrr_cents else 0 end) as active_mrr_cents
     from {{ ref('stg_subscriptions') }}
     group by customer_id
