@@ -42,6 +42,72 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, sandbox_port=args.sandbox_port)
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    from activation.environment import MissingSettingError
+    from activation.webhooks.intake import serve
+
+    try:
+        serve(args.host, args.port, args.tolerance_seconds)
+    except MissingSettingError as error:
+        print(f"activation webhooks: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    """Record an approve or reject of a waiting promote run in the instance of DAGSTER_HOME."""
+    import dagster as dg
+
+    from activation.approvals import DecisionRefused, Verdict, record_decision
+
+    verdict = Verdict(args.command)
+    with dg.DagsterInstance.get() as instance:
+        try:
+            decision = record_decision(
+                instance,
+                promotion_run_id=args.run_id,
+                verdict=verdict,
+                reviewer=args.reviewer,
+                code=args.code,
+                note=(args.comment if verdict is Verdict.APPROVE else args.reason) or "",
+                staging_run_id=args.staging_run,
+                source="cli",
+            )
+        except DecisionRefused as error:
+            print(f"activation {args.command}: {error}", file=sys.stderr)
+            return 1
+    note = f" ({decision.note})" if decision.note else ""
+    print(
+        f"Recorded: {decision.verdict.value} of promotion run {decision.promotion_run_id} by "
+        f"{decision.reviewer} at {decision.decided_at_utc}{note}; staging Hightouch run "
+        f"{decision.staging.run_id} (+{decision.staging.planned_added} "
+        f"~{decision.staging.planned_changed} -{decision.staging.planned_removed} planned, "
+        f"{decision.staging.failed_total} failed)"
+    )
+    return 0
+
+
+def _decision_parser(commands: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    decide = commands.add_parser(name, help=help_text)
+    decide.add_argument("run_id", metavar="RUN_ID", help="Run id of the waiting promote run.")
+    decide.add_argument(
+        "--reviewer", required=True, help="Your name (checked against the run's allow-list)."
+    )
+    decide.add_argument(
+        "--code", required=True, help="The one-time approval code from the review message."
+    )
+    decide.add_argument(
+        "--staging-run",
+        help="The staging Hightouch run id from the review "
+        "message (default: the one under review).",
+    )
+    if name == "approve":
+        decide.add_argument("--comment", default="", help="Why you approve (optional).")
+    else:
+        decide.add_argument("--reason", required=True, help="Why you reject (required).")
+    decide.set_defaults(handler=_decide)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="activation", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=3000, help="Dagster webserver port.")
     dev.add_argument("--sandbox-port", type=int, default=8765)
     dev.set_defaults(handler=_dev)
+
+    webhooks = commands.add_parser(
+        "webhooks", help="Serve the signed webhook intake (secret: $ACTIVATION_WEBHOOK_SECRET)."
+    )
+    webhooks.add_argument("--port", type=int, default=8780)
+    webhooks.add_argument(
+        "--host", default="127.0.0.1", help="Keep 127.0.0.1 behind a TLS-terminating proxy."
+    )
+    webhooks.add_argument(
+        "--tolerance-seconds",
+        type=float,
+        default=300.0,
+        help="Reject generic signals whose timestamp is further than this from now.",
+    )
+    webhooks.set_defaults(handler=_webhooks)
+
+    _decision_parser(commands, "approve", "Approve a promote run waiting for sign-off.")
+    _decision_parser(commands, "reject", "Reject a promote run waiting for sign-off.")
     return parser
 
 

@@ -10,12 +10,24 @@ from __future__ import annotations
 import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
 
-from activation.activate import build_report_asset, build_sync_asset
+from activation.activate import build_sync_asset, sync_asset_key
+from activation.automation import build_automation_definitions
 from activation.destinations import load_destinations
 from activation.environment import resolve_endpoints
 from activation.ingest import build_ingest_assets
+from activation.promotion import build_promotion_definitions
+from activation.quality import build_quality_definitions
 from activation.resources import HightouchResource, SlackWebhookResource
+from activation.resync import build_resync_definitions
+from activation.run_summary import build_report_spec, build_summary_sensors
 from activation.transform import build_dbt_assets, build_dbt_resource
+
+# Sync steps mostly wait on Hightouch: run every destination at once rather than one per core
+# (the default). Pools still hold each destination to one sync at a time across runs.
+PARALLEL_SYNCS = dg.multiprocess_executor.configured({"max_concurrent": 16})
+
+# Hightouch answers 429 past 200 requests per 10 s per workspace.
+HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND = 20.0
 
 
 def build_definitions() -> dg.Definitions:
@@ -28,12 +40,17 @@ def build_definitions() -> dg.Definitions:
         client_id=dg.EnvVar("AIRBYTE_CLIENT_ID") if endpoints.airbyte_client_id else None,
         client_secret=dg.EnvVar("AIRBYTE_CLIENT_SECRET") if endpoints.airbyte_client_id else None,
         poll_interval=endpoints.poll_interval_seconds,
+        # Follow a sync already running for the connection (409 otherwise), and cancel the
+        # Airbyte job when Dagster stops waiting, so no job outlives the step that started it.
+        poll_timeout=endpoints.airbyte_poll_timeout_seconds,
+        poll_previous_running_sync=True,
+        cancel_on_termination=True,
     )
     hightouch = HightouchResource(
         api_base_url=endpoints.hightouch_api_base_url,
         api_token=dg.EnvVar("HIGHTOUCH_API_TOKEN"),
         app_url=endpoints.hightouch_app_url,
-        poll_interval_seconds=endpoints.poll_interval_seconds,
+        max_requests_per_second=HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND / len(destinations),
     )
     slack = SlackWebhookResource(
         webhook_url=dg.EnvVar(endpoints.slack_webhook_url_var)
@@ -44,17 +61,19 @@ def build_definitions() -> dg.Definitions:
         *build_ingest_assets(airbyte),
         build_dbt_assets(),
         *(build_sync_asset(d) for d in destinations),
-        build_report_asset(destinations),
     ]
     activate_job = dg.define_asset_job(
         "activate",
-        selection=dg.AssetSelection.groups("ingest", "transform", "activate"),
-        description="The whole chain: Airbyte sync, dbt build with blocking tests, then the "
-        "Hightouch syncs and the Slack report.",
+        selection=dg.AssetSelection.groups("ingest", "transform")
+        | dg.AssetSelection.assets(*(sync_asset_key(d) for d in destinations)),
+        description="The whole chain: Airbyte sync, dbt build with blocking tests, then one "
+        "Hightouch sync per destination in parallel; the summary sensors report each run.",
+        executor_def=PARALLEL_SYNCS,
     )
     core = dg.Definitions(
-        assets=assets,
+        assets=[*assets, build_report_spec(destinations)],
         jobs=[activate_job],
+        sensors=build_summary_sensors(destinations),
         resources={
             "airbyte": airbyte,
             "dbt": build_dbt_resource(),
@@ -66,6 +85,10 @@ def build_definitions() -> dg.Definitions:
     # Resource keys must not repeat across builders (merge refuses a conflicting key).
     return dg.Definitions.merge(
         core,
+        build_quality_definitions(destinations),
+        build_automation_definitions(assets, destinations),
+        build_promotion_definitions(),
+        build_resync_definitions(destinations),
     )
 
 
