@@ -400,10 +400,11 @@ class HightouchClient:
 class PollSchedule:
     """Delays between reads of a running sync run.
 
-    Without progress information the delay doubles from `minimum` to `maximum`. With a rising
-    completion ratio the remaining time is extrapolated from the last two readings and the next
-    read lands half a second before the estimated end (then just past it), so a steadily
-    progressing run is noticed within a second of its end with a handful of reads.
+    Without progress information the delay doubles from `minimum` to `maximum`. Once the
+    completion ratio rises, a second reading a second later gives the rate, the remaining time is
+    extrapolated from the last two readings, and the next read lands just after the estimated
+    end, so a steadily progressing run is noticed within a second of its end in a handful of
+    reads; a run that is not done by then is read every `minimum` seconds, re-estimated.
     """
 
     def __init__(self, minimum: float, maximum: float) -> None:
@@ -415,14 +416,15 @@ class PollSchedule:
     def next_delay(self, now: float, ratio: float) -> float:
         if 0 < ratio < 1 and (not self._readings or ratio > self._readings[-1][1]):
             self._readings.append((now, ratio))
+            if len(self._readings) == 1:
+                # Progress has started: a second reading soon gives the rate.
+                return min(self.maximum, max(self.minimum, 1.0))
         if len(self._readings) >= 2:
             (t0, r0), (t1, r1) = self._readings[-2], self._readings[-1]
             remaining = (1 - r1) * (t1 - t0) / (r1 - r0) - (now - t1)
-            if remaining > 1:
-                # Land half a second before the estimated end; the cap bounds the cost of a
-                # wrong estimate on long runs, where the estimate is refreshed every read.
-                return min(self.maximum, max(self.minimum, remaining - 0.5))
-            return min(self.maximum, max(self.minimum, remaining + 0.1))
+            # Read just after the estimated end; the cap bounds the cost of a wrong estimate
+            # on long runs, where every read refreshes it.
+            return min(self.maximum, max(self.minimum, remaining + 0.2))
         delay = self._delay
         self._delay = min(self.maximum, max(self._delay * 2, 0.05))
         return delay

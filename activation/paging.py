@@ -243,7 +243,7 @@ class GatePager:
             context.log,
             destination,
             sync_key=context.asset_key,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             record=context.log_event,
             pagerduty=pagerduty,
             slack=slack,

@@ -49,7 +49,7 @@ class SyncOptions:
 
 def run_family(context: StepContext) -> str:
     """The id shared by a run, its step retries and every re-execution of it."""
-    return context.run.root_run_id or context.run_id
+    return context.run.root_run_id or context.run.run_id
 
 
 def _marks(context: StepContext, key: dg.AssetKey, sync_id: str) -> list[dict[str, str]]:
