@@ -7,6 +7,7 @@ demo exits 0 only when both halves behaved as they must.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -149,12 +150,20 @@ def run_demo(folder: Path | None = None) -> int:
         instance = dg.DagsterInstance.ephemeral()
         # The demo prints its own tables; the full event log stays in the run's records.
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         quiet = "CRITICAL"
+        # dagster-dbt echoes dbt's log to stdout; in a demo it would bury the tables.
+        dbt_log = folder / "dbt_output.log"
+        print(f"(dbt's own output goes to {dbt_log})")
 
         print("\n== 1. Good source data: Airbyte -> dbt build (blocking tests) -> Hightouch")
-        good = run_chain(instance, quiet)
+        with dbt_log.open("a") as log, contextlib.redirect_stdout(log):
+            good = run_chain(instance, quiet)
         print(_table(good, destinations))
-        print(f"  dbt checks: {good.passed_checks} passed, {len(good.failed_checks)} failed")
+        print(
+            f"  checks (dbt tests, guards, Python): {good.passed_checks} passed, "
+            f"{len(good.failed_checks)} failed"
+        )
         if not good.success or len(good.syncs) != len(destinations):
             problems.append(f"the good run did not sync every destination: {good.failed_steps}")
         before = destination_state(sandbox, destinations)
@@ -164,7 +173,8 @@ def run_demo(folder: Path | None = None) -> int:
 
         print("\n== 2. Bad source rows (duplicate ids, null and malformed emails)")
         sandbox.set_scenario(bad_rows=True)
-        bad = run_chain(instance, quiet)
+        with dbt_log.open("a") as log, contextlib.redirect_stdout(log):
+            bad = run_chain(instance, quiet)
         print(f"  blocking checks failed: {len(bad.failed_checks)}")
         for check in bad.failed_checks:
             print(f"    - {check}")
