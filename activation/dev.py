@@ -67,6 +67,9 @@ def run_dev(port: int, sandbox_port: int) -> int:
             env=env,
             preexec_fn=_default_signals,
         )
+        # A SIGTERM to this process (a supervisor, `kill`) stops dagster dev too, as Ctrl-C does;
+        # otherwise its webserver and daemon would outlive the sandbox.
+        signal.signal(signal.SIGTERM, lambda *_: dagster.send_signal(signal.SIGINT))
         try:
             return dagster.wait()
         except KeyboardInterrupt:
