@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dagster as dg
 from pydantic import Field
 
@@ -57,12 +59,14 @@ class HightouchResource(dg.ConfigurableResource):
         )
 
 
-class SlackWebhookResource(dg.ConfigurableResource):
-    """A Slack incoming webhook (its URL carries a secret: bind it with an EnvVar)."""
+class WebhookResource(dg.ConfigurableResource):
+    """An incoming webhook; its URL carries a secret, so bind it with an EnvVar."""
 
-    webhook_url: str = Field(description="Incoming webhook URL (EnvVar('SLACK_WEBHOOK_URL')).")
+    webhook_url: str = Field(description="Incoming webhook URL (bind it with an EnvVar).")
     timeout_seconds: float = Field(default=10.0, description="Timeout per attempt.")
     attempts: int = Field(default=3, description="Attempts before the message is given up.")
+
+    what_is_posted: ClassVar[str] = "webhook message"
 
     def post(self, message: dict) -> None:
         post_json(
@@ -70,5 +74,11 @@ class SlackWebhookResource(dg.ConfigurableResource):
             message,
             timeout=self.timeout_seconds,
             attempts=self.attempts,
-            what="Slack message",
+            what=self.what_is_posted,
         )
+
+
+class SlackWebhookResource(WebhookResource):
+    """A Slack incoming webhook (EnvVar('SLACK_WEBHOOK_URL'))."""
+
+    what_is_posted: ClassVar[str] = "Slack message"

@@ -12,12 +12,10 @@ secret, so it is bound with an EnvVar (TEAMS_WEBHOOK_URL).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import dagster as dg
-from pydantic import Field
+from typing import ClassVar
 
 from activation.hightouch import SyncRun
-from activation.notify import post_json
+from activation.resources import WebhookResource
 
 TEAMS_WEBHOOK_URL_VAR = "TEAMS_WEBHOOK_URL"
 # The sandbox's Teams sink accepts any path under /teams/webhook/; this one names the feature.
@@ -257,18 +255,7 @@ def outcome_teams_card(
     return adaptive_card_message(body, actions)
 
 
-class TeamsWebhookResource(dg.ConfigurableResource):
-    """A Microsoft Teams incoming webhook (Workflows); its URL is a secret: bind an EnvVar."""
+class TeamsWebhookResource(WebhookResource):
+    """A Microsoft Teams incoming webhook (Workflows), EnvVar('TEAMS_WEBHOOK_URL')."""
 
-    webhook_url: str = Field(description="Incoming webhook URL (EnvVar('TEAMS_WEBHOOK_URL')).")
-    timeout_seconds: float = Field(default=10.0, description="Timeout per attempt.")
-    attempts: int = Field(default=3, description="Attempts before the card is given up.")
-
-    def post(self, message: dict) -> None:
-        post_json(
-            self.webhook_url,
-            message,
-            timeout=self.timeout_seconds,
-            attempts=self.attempts,
-            what="Teams card",
-        )
+    what_is_posted: ClassVar[str] = "Teams card"
