@@ -189,10 +189,28 @@ class HightouchClient:
             self._next_request_at = max(time.monotonic(), self._next_request_at) + self._spacing
         self.request_count += 1
 
-    def _request(self, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
-        """One API call with retries; `what` names the call in errors ("trigger sync 101")."""
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        parse: Callable[[Any], Any] = lambda data: data,
+        before_retry: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One API call with retries; `what` names the call in errors ("trigger sync 101").
+
+        `parse` turns the JSON answer into the result (a KeyError or TypeError there counts as a
+        malformed answer, retried); `before_retry`, when given, runs before every retry and ends
+        the call with its result when that is not None.
+        """
         last_problem = ""
         for attempt in range(1, self.max_retries + 2):
+            if attempt > 1 and before_retry is not None:
+                early = before_retry()
+                if early is not None:
+                    return early
             response: httpx.Response | None = None
             try:
                 self._take_budget()
@@ -202,9 +220,9 @@ class HightouchClient:
             else:
                 if response.status_code < 400:
                     try:
-                        return response.json()
-                    except ValueError:
-                        last_problem = f"HTTP {response.status_code} with a body that is not JSON"
+                        return parse(response.json())
+                    except (ValueError, KeyError, TypeError):
+                        last_problem = f"HTTP {response.status_code} with a malformed answer"
                 elif response.status_code in _RETRYABLE_STATUS:
                     last_problem = f"HTTP {response.status_code}"
                 else:
@@ -262,53 +280,35 @@ class HightouchClient:
         body = {"fullResync": full_resync, "resetCDC": reset_cdc}
         what = f"trigger sync {sync_id}"
         since = datetime.now(UTC) - _SKEW
-        last_problem = ""
-        for attempt in range(1, self.max_retries + 2):
-            if attempt > 1:
-                adopted = self._run_created_since(sync_id, since)
-                if adopted is not None:
-                    logger.warning(
-                        "Hightouch %s: the earlier attempt did start run %s; following it "
-                        "instead of triggering again",
-                        what,
-                        adopted.id,
-                    )
-                    return adopted.id
-            response: httpx.Response | None = None
-            try:
-                self._take_budget()
-                response = self._http.post(f"/syncs/{sync_id}/trigger", json=body)
-            except httpx.TransportError as error:
-                last_problem = type(error).__name__
-            else:
-                if response.status_code < 400:
-                    try:
-                        return str(response.json()["id"])
-                    except (ValueError, KeyError, TypeError):
-                        last_problem = f"HTTP {response.status_code} without a run id"
-                elif response.status_code in _RETRYABLE_STATUS:
-                    last_problem = f"HTTP {response.status_code}"
-                else:
-                    raise HightouchRequestRefused(self._explain(what, response))
-            if attempt > self.max_retries:
-                break
-            delay = retry_delay(attempt, response, base=self.backoff_base, cap=self.backoff_cap)
+
+        def adopt_started_run() -> str | None:
+            adopted = self._run_created_since(sync_id, since)
+            if adopted is None:
+                return None
             logger.warning(
-                "Hightouch %s: %s; checking for a started run, retry %d of %d in %.1fs",
+                "Hightouch %s: the earlier attempt did start run %s; following it instead of "
+                "triggering again",
                 what,
-                last_problem,
-                attempt,
-                self.max_retries,
-                delay,
+                adopted.id,
             )
-            self._sleep(delay)
-        adopted = self._run_created_since(sync_id, since)
-        if adopted is not None:
             return adopted.id
-        raise HightouchError(
-            f"Hightouch {what}: gave up after {self.max_retries + 1} attempts ({last_problem}); "
-            "no run of the sync was started"
-        )
+
+        try:
+            return self._request(
+                "POST",
+                f"/syncs/{sync_id}/trigger",
+                json=body,
+                what=what,
+                parse=lambda data: str(data["id"]),
+                before_retry=adopt_started_run,
+            )
+        except HightouchRequestRefused:
+            raise
+        except HightouchError as error:
+            adopted = adopt_started_run()
+            if adopted is not None:
+                return adopted
+            raise HightouchError(f"{error}; no run of the sync was started") from None
 
     def recent_runs(self, sync_id: str, *, limit: int = 5) -> list[SyncRun]:
         """The sync's newest runs, newest first (an empty list is a valid answer)."""
