@@ -80,3 +80,30 @@ def test_not_yaml_is_reported_with_the_path(tmp_path: Path) -> None:
     path.write_text("destinations: [\n")
     with pytest.raises(DestinationsFileError, match="not valid YAML"):
         parse_destinations(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"guards": {"required_columns": ["not_a_column"]}}, "not a mapped column"),
+        ({"guards": {"max_removed_ratio": 1.5}}, "guards.max_removed_ratio"),
+        ({"failure_policy": {"max_failed_ratio": -0.1}}, "failure_policy.max_failed_ratio"),
+        ({"failure_policy": {"on_exceed": "ignore"}}, "failure_policy.on_exceed"),
+        ({"wave": 0}, "wave"),
+    ],
+)
+def test_policies_guards_and_waves_are_validated(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    document = _shipped()
+    document["destinations"][2].update(change)
+    with pytest.raises(DestinationsFileError) as error:
+        parse_destinations(_write(tmp_path, document))
+    assert "(hubspot_contacts)" in str(error.value) and message in str(error.value)
+
+
+def test_declared_policies_and_waves_are_read() -> None:
+    by_key = {d.key: d for d in parse_destinations(DEFAULT_DESTINATIONS_FILE)}
+    assert by_key["salesforce_contacts"].after == ("salesforce_accounts",)
+    assert by_key["salesforce_contacts"].wave == 2
+    assert by_key["braze_users"].pool == "hightouch_braze_users"
