@@ -39,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from activation.dev import run_dev
 
-    return run_dev(port=args.port, sandbox_port=args.sandbox_port)
+    return run_dev(port=args.port, sandbox_port=args.sandbox_port, webhook_port=args.webhook_port)
 
 
 def _webhooks(args: argparse.Namespace) -> int:
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="The sandbox plus `dagster dev` on the code location.")
     dev.add_argument("--port", type=int, default=3000, help="Dagster webserver port.")
     dev.add_argument("--sandbox-port", type=int, default=8765)
+    dev.add_argument(
+        "--webhook-port", type=int, default=8766, help="Port of the signal intake it starts."
+    )
     dev.set_defaults(handler=_dev)
 
     webhooks = commands.add_parser(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from activation.demo import prepare_dbt_manifest, sandbox_environment
 from activation.destinations import load_destinations
 from activation.paths import PROJECT_ROOT, data_dir
+from activation.stack import Process, start_intake
 
 
 def _default_signals() -> None:
@@ -41,7 +44,24 @@ def set_pool_limits(env: dict[str, str]) -> None:
         )
 
 
-def run_dev(port: int, sandbox_port: int) -> int:
+SECRET_FILE = "webhook_secret"
+
+
+def start_dev_intake(folder: Path, env: dict[str, str], port: int) -> Process:
+    """The signal intake beside dagster dev. Its HMAC secret is ACTIVATION_WEBHOOK_SECRET when
+    set, else a random one kept in a file readable only by this user (never printed)."""
+    secret = env.get("ACTIVATION_WEBHOOK_SECRET", "").strip()
+    if not secret:
+        path = folder / SECRET_FILE
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        secret = path.read_text().strip()
+    env["ACTIVATION_WEBHOOK_SECRET"] = secret
+    return start_intake(port, env, folder / "webhook_intake.log")
+
+
+def run_dev(port: int, sandbox_port: int, webhook_port: int = 8766) -> int:
     folder = data_dir()
     home = folder / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -52,7 +72,12 @@ def run_dev(port: int, sandbox_port: int) -> int:
         prepare_dbt_manifest()
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         set_pool_limits(env)
+        intake = start_dev_intake(folder, env, webhook_port)
         print(f"Sandbox on {sandbox.url}; Dagster UI on http://127.0.0.1:{port}")
+        print(
+            f"Webhook intake on http://127.0.0.1:{webhook_port} (secret in {folder}/"
+            f"{SECRET_FILE}; see docs/event-driven.md)"
+        )
         dagster = subprocess.Popen(
             [
                 sys.executable,
@@ -75,3 +100,5 @@ def run_dev(port: int, sandbox_port: int) -> int:
         except KeyboardInterrupt:
             dagster.send_signal(signal.SIGINT)
             return dagster.wait()
+        finally:
+            intake.stop()
