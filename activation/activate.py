@@ -19,6 +19,11 @@ from activation.transform import mart_asset_key
 
 ACTIVATE_GROUP = "activate"
 
+# Sync steps mostly wait on Hightouch: jobs that fan out to destinations run them all at once
+# rather than one per core (the default). Pools still hold each destination to one sync at a
+# time across runs.
+PARALLEL_SYNCS = dg.multiprocess_executor.configured({"max_concurrent": 16})
+
 
 def sync_asset_key(destination: Destination) -> dg.AssetKey:
     return sync_asset_key_for(destination.key)

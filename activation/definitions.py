@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
 
-from activation.activate import build_sync_asset, sync_asset_key
+from activation.activate import PARALLEL_SYNCS, build_sync_asset, sync_asset_key
 from activation.automation import build_automation_definitions
 from activation.destinations import load_destinations
 from activation.environment import resolve_endpoints
@@ -21,10 +21,6 @@ from activation.resources import HightouchResource, SlackWebhookResource
 from activation.resync import build_resync_definitions
 from activation.run_summary import build_report_spec, build_summary_sensors
 from activation.transform import build_dbt_assets, build_dbt_resource
-
-# Sync steps mostly wait on Hightouch: run every destination at once rather than one per core
-# (the default). Pools still hold each destination to one sync at a time across runs.
-PARALLEL_SYNCS = dg.multiprocess_executor.configured({"max_concurrent": 16})
 
 # Hightouch answers 429 past 200 requests per 10 s per workspace.
 HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND = 20.0

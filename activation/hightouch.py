@@ -329,8 +329,8 @@ class HightouchClient:
         """A run that began after `since` and had not already ended by then: one that our own
         unanswered trigger may have started (a run someone else finished earlier is not)."""
         for run in self.recent_runs(sync_id):
-            created = _parse_time(run.created_at)
-            finished = _parse_time(run.finished_at)
+            created = parse_api_time(run.created_at)
+            finished = parse_api_time(run.finished_at)
             if created is None or created < since:
                 continue
             if finished is not None and finished < since + _SKEW:
@@ -430,7 +430,8 @@ class PollSchedule:
         return delay
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def parse_api_time(value: str | None) -> datetime | None:
+    """An ISO-8601 timestamp as Hightouch sends it ("...Z"), in UTC; None when absent or bad."""
     if not value:
         return None
     try:

@@ -51,12 +51,16 @@ class SyncOutcome:
     changed: int = 0
     removed: int = 0
     failed: int = 0
+    detail: str = ""
+    """Why, for an outcome other than success (the error, the refusal, what it waited for)."""
 
 
 def sync_summary_message(run_id: str, outcomes: Sequence[SyncOutcome]) -> dict:
     """A Slack message listing each destination's Hightouch run and its row counts."""
     lines = [
-        f"*{o.destination}*: {o.status} | run {o.hightouch_run_id or '-'} | "
+        f"*{o.destination}*: {o.status}"
+        + (f": {o.detail[:300]}" if o.detail else "")
+        + f" | run {o.hightouch_run_id or '-'} | "
         f"+{o.added} added, ~{o.changed} changed, -{o.removed} removed, {o.failed} failed"
         + (f" | <{o.run_url}|open in Hightouch>" if o.run_url else "")
         for o in outcomes

@@ -15,18 +15,25 @@ failed.
 """
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import dagster as dg
 from dagster import OpExecutionContext
 from pydantic import Field
 
+from activation.activate import PARALLEL_SYNCS
 from activation.destinations import Destination
 from activation.gate import GateClosed, gate_refusals, repository_for_gate
-from activation.notify import SyncOutcome, sync_summary_message
+from activation.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.paging import PagerDutyResource, page_sync_failure
 from activation.resources import HightouchResource, SlackWebhookResource
-from activation.run_summary import FULL_RESYNC_JOB, ONE_OFF_RESYNC_JOB, sync_key_of
+from activation.run_summary import (
+    FULL_RESYNC_JOB,
+    ONE_OFF_RESYNC_JOB,
+    outcome_from_metadata,
+    summary_table,
+    sync_key_of,
+)
 from activation.sync_step import SyncOptions, run_destination_sync
 
 ONE_OFF_JOB = ONE_OFF_RESYNC_JOB
@@ -72,22 +79,9 @@ class ResyncRequest(dg.Config):
     )
 
 
-@dataclass(frozen=True)
-class WaveResult:
-    destination: str
-    status: str  # success | warning | failed | blocked | skipped | not selected | other wave
-    detail: str = ""
-    hightouch_run_id: str | None = None
-    run_url: str | None = None
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    failed_rows: int = 0
-
-
-def _value(metadata: dict[str, dg.MetadataValue], name: str) -> object:
-    value = metadata.get(name)
-    return value.value if value is not None else None
+# Outcomes of destinations an op skipped by design; they stay out of the summary.
+NOT_IN_THIS_RUN = frozenset({"not selected", "other wave"})
+DID_NOT_SYNC = frozenset({"failed", "blocked", "skipped"})
 
 
 def sync_in_op(
@@ -96,8 +90,8 @@ def sync_in_op(
     hightouch: HightouchResource,
     options: SyncOptions,
     extra_metadata: dict[str, object] | None = None,
-) -> WaveResult:
-    """Gate, sync and record one destination from an op; failures come back as a result."""
+) -> SyncOutcome:
+    """Gate, sync and record one destination from an op; failures come back as an outcome."""
     key = sync_key_of(destination.key)
     refusals = gate_refusals(
         context.instance,
@@ -108,18 +102,16 @@ def sync_in_op(
     if refusals:
         closed = GateClosed(destination, refusals)
         context.log.error(closed.description or "gate closed")
-        return WaveResult(destination.key, "blocked", closed.description or "")
+        return SyncOutcome(destination.key, "blocked", None, None, detail=closed.description or "")
     try:
         metadata = run_destination_sync(context, destination, hightouch, options, key)
     except dg.Failure as failure:
         context.log.error(failure.description or f"{destination.key} failed")
-        meta = failure.metadata or {}
-        return WaveResult(
+        return outcome_from_metadata(
             destination.key,
-            "failed",
-            failure.description or "",
-            hightouch_run_id=str(_value(meta, "hightouch_run_id") or "") or None,
-            run_url=str(_value(meta, "hightouch_run_url") or "") or None,
+            failure.metadata or {},
+            status="failed",
+            detail=failure.description or "",
         )
     context.log_event(
         dg.AssetMaterialization(
@@ -127,51 +119,25 @@ def sync_in_op(
             metadata={**metadata, **(extra_metadata or {}), "full_resync": options.full_resync},
         )
     )
-    failed_rows = sum(
-        int(_value(metadata, f"failed_{k}") or 0) for k in ("added", "changed", "removed")
-    )
-    return WaveResult(
-        destination.key,
-        str(_value(metadata, "hightouch_status")),
-        hightouch_run_id=str(_value(metadata, "hightouch_run_id")),
-        run_url=str(_value(metadata, "hightouch_run_url")),
-        added=int(_value(metadata, "successful_added") or 0),
-        changed=int(_value(metadata, "successful_changed") or 0),
-        removed=int(_value(metadata, "successful_removed") or 0),
-        failed_rows=failed_rows,
-    )
-
-
-def _outcome(result: WaveResult) -> SyncOutcome:
-    status = result.status + (f": {result.detail[:300]}" if result.detail else "")
-    return SyncOutcome(
-        result.destination,
-        status,
-        result.hightouch_run_id,
-        result.run_url,
-        result.added,
-        result.changed,
-        result.removed,
-        result.failed_rows,
-    )
+    return outcome_from_metadata(destination.key, metadata)
 
 
 def _report(
     context: OpExecutionContext,
-    results: list[WaveResult],
+    results: list[SyncOutcome],
     destinations: tuple[Destination, ...],
     slack: SlackWebhookResource,
     pagerduty: PagerDutyResource,
     header_note: str = "",
 ) -> dg.Output:
     """Slack summary, pages for failures, run-visible metadata; fails the run on any failure."""
-    shown = [r for r in results if r.status not in ("not selected", "other wave")]
-    message = sync_summary_message(context.run_id, [_outcome(r) for r in shown])
+    shown = [r for r in results if r.status not in NOT_IN_THIS_RUN]
+    message = sync_summary_message(context.run_id, shown)
     if header_note:
         message["text"] = header_note + "\n" + message["text"]
     try:
         slack.post(message)
-    except Exception as error:  # a failed notification never hides the outcome
+    except NotificationError as error:  # a failed notification never hides the outcome
         context.log.error(f"SLACK FAILED: summary not posted: {error}")
     by_key = {d.key: d for d in destinations}
     failed = [r for r in shown if r.status in ("failed", "blocked")]
@@ -185,16 +151,8 @@ def _report(
                 dagster_run_id=context.run_id,
                 reason=result.detail[:500],
             )
-    table = "\n".join(
-        f"| {r.destination} | {r.status} | {r.hightouch_run_id or '-'} | {r.added} | "
-        f"{r.changed} | {r.removed} | {r.failed_rows} |"
-        for r in shown
-    )
     metadata = {
-        "summary": dg.MetadataValue.md(
-            "| destination | status | Hightouch run | added | changed | removed | failed |\n"
-            "|---|---|---|---|---|---|---|\n" + table
-        ),
+        "summary": dg.MetadataValue.md(summary_table(shown)),
         "results": dg.MetadataValue.json([asdict(r) for r in shown]),
     }
     if failed:
@@ -269,22 +227,20 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
             hightouch: HightouchResource,
             settings: dict,
             earlier: list,
-        ) -> WaveResult:
+        ) -> SyncOutcome:
             if destination.key not in settings["plan"]:
-                return WaveResult(destination.key, "not selected")
+                return SyncOutcome(destination.key, "not selected", None, None)
             if settings["plan"][destination.key] != wave:
-                return WaveResult(destination.key, "other wave")
+                return SyncOutcome(destination.key, "other wave", None, None)
             done = {r.destination: r for r in earlier}
-            broken = [
-                k
-                for k in destination.after
-                if k in done and done[k].status in ("failed", "blocked", "skipped")
-            ]
+            broken = [k for k in destination.after if k in done and done[k].status in DID_NOT_SYNC]
             if broken:
-                return WaveResult(
+                return SyncOutcome(
                     destination.key,
                     "skipped",
-                    f"runs after {', '.join(broken)}, which did not sync",
+                    None,
+                    None,
+                    detail=f"runs after {', '.join(broken)}, which did not sync",
                 )
             options = SyncOptions(full_resync=settings["full_resync"])
             return sync_in_op(context, destination, hightouch, options, {"wave": wave})
@@ -296,7 +252,7 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
     )
     def pause(context: OpExecutionContext, settings: dict, earlier: list, wave: list) -> list:
         results = [*earlier, *wave]
-        ran = any(r.status not in ("not selected", "other wave") for r in wave)
+        ran = any(r.status not in NOT_IN_THIS_RUN for r in wave)
         if ran and settings["pause"] > 0:
             context.log.info(f"Wave done; pausing {settings['pause']:g} s before the next one.")
             time.sleep(settings["pause"])
@@ -320,7 +276,7 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
         return []
 
     @dg.op(name="wave_results", description="Collects the results of one wave.")
-    def collect_wave(results: list[WaveResult]) -> list:
+    def collect_wave(results: list[SyncOutcome]) -> list:
         return list(results)
 
     @dg.graph
@@ -339,8 +295,7 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
         name=FULL_RESYNC_JOB,
         description="Resync destinations in throttled waves (waves from destinations.yaml), with "
         "a pause between waves and one summary at the end.",
-        # A wave's syncs mostly wait on Hightouch: run them all at once, not one per core.
-        executor_def=dg.multiprocess_executor.configured({"max_concurrent": 16}),
+        executor_def=PARALLEL_SYNCS,
     )
 
 
@@ -388,9 +343,9 @@ def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition
         )
         def resync_one(
             context: OpExecutionContext, hightouch: HightouchResource, request: dict
-        ) -> WaveResult:
+        ) -> SyncOutcome:
             if request["destination"] != destination.key:
-                return WaveResult(destination.key, "not selected")
+                return SyncOutcome(destination.key, "not selected", None, None)
             return sync_in_op(
                 context,
                 destination,
@@ -411,7 +366,7 @@ def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition
         slack: SlackWebhookResource,
         pagerduty: PagerDutyResource,
         request: dict,
-        results: list[WaveResult],
+        results: list[SyncOutcome],
     ) -> int:
         note = (
             f"Resync of {request['destination']} requested by {request['requested_by']} "

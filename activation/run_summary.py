@@ -14,7 +14,7 @@ in-process run, where no daemon runs sensors.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -45,12 +45,37 @@ class RunReport:
 
     @property
     def statuses(self) -> dict[str, str]:
-        return {o.destination: o.status.split(":")[0] for o in self.outcomes}
+        return {o.destination: o.status for o in self.outcomes}
 
 
-def _number(metadata: dict, name: str) -> int:
-    value = metadata.get(name)
-    return int(value.value) if value is not None else 0
+def outcome_from_metadata(
+    destination_key: str,
+    metadata: Mapping[str, dg.MetadataValue],
+    *,
+    status: str | None = None,
+    detail: str = "",
+) -> SyncOutcome:
+    """A destination's outcome from the metadata of its sync (materialization or failure)."""
+
+    def value(name: str) -> object:
+        found = metadata.get(name)
+        return found.value if found is not None else None
+
+    def number(name: str) -> int:
+        return int(value(name) or 0)  # type: ignore[call-overload]
+
+    run_id, run_url = value("hightouch_run_id"), value("hightouch_run_url")
+    return SyncOutcome(
+        destination=destination_key,
+        status=status or str(value("hightouch_status") or "success"),
+        hightouch_run_id=str(run_id) if run_id else None,
+        run_url=str(run_url) if run_url else None,
+        added=number("successful_added"),
+        changed=number("successful_changed"),
+        removed=number("successful_removed"),
+        failed=sum(number(f"failed_{kind}") for kind in ("added", "changed", "removed")),
+        detail=detail,
+    )
 
 
 def _planned_destinations(
@@ -84,24 +109,7 @@ def summarize_run(
         if materialization is not None:
             path = materialization.asset_key.path
             if len(path) == 2 and path[0] == _SYNC_PREFIX and path[1] in by_key:
-                meta = dict(materialization.metadata)
-                run_url = meta.get("hightouch_run_url")
-                synced[path[1]] = SyncOutcome(
-                    destination=path[1],
-                    status=str(meta["hightouch_status"].value)
-                    if "hightouch_status" in meta
-                    else "success",
-                    hightouch_run_id=str(meta["hightouch_run_id"].value)
-                    if "hightouch_run_id" in meta
-                    else None,
-                    run_url=str(run_url.value) if run_url else None,
-                    added=_number(meta, "successful_added"),
-                    changed=_number(meta, "successful_changed"),
-                    removed=_number(meta, "successful_removed"),
-                    failed=sum(
-                        _number(meta, f"failed_{k}") for k in ("added", "changed", "removed")
-                    ),
-                )
+                synced[path[1]] = outcome_from_metadata(path[1], materialization.metadata)
         if event.is_step_failure and event.step_failure_data is not None:
             data = event.step_failure_data
             meta = dict(data.user_failure_data.metadata) if data.user_failure_data else {}
@@ -117,18 +125,14 @@ def summarize_run(
                 else (data.error.message.strip() if data.error else "step failed")
             )
             blocked = "refused_checks" in meta
-            run_id_value = meta.get("hightouch_run_id")
-            url_value = meta.get("hightouch_run_url")
-            failed[key] = SyncOutcome(
-                destination=key,
-                status=("blocked by the quality gate" if blocked else "failed")
-                + f": {reason[:300]}",
-                hightouch_run_id=str(run_id_value.value) if run_id_value else None,
-                run_url=str(url_value.value) if url_value else None,
-                failed=sum(_number(meta, f"failed_{k}") for k in ("added", "changed", "removed")),
+            failed[key] = outcome_from_metadata(
+                key,
+                meta,
+                status="blocked by the quality gate" if blocked else "failed",
+                detail=reason,
             )
             if not blocked:
-                failures[key] = reason
+                failures[key] = reason[:500]
     planned = _planned_destinations(run, destinations)
     touched = set(synced) | set(failed)
     if not touched and not planned:
@@ -144,13 +148,12 @@ def summarize_run(
             outcomes.append(
                 SyncOutcome(
                     destination.key,
-                    f"skipped: not run because an upstream step failed ({upstream})",
+                    "skipped",
                     None,
                     None,
+                    detail=f"not run because an upstream step failed ({upstream})",
                 )
             )
-    for key in failures:
-        failures[key] = failures[key][:500]
     return RunReport(run_id, tuple(outcomes), failures)
 
 
@@ -197,7 +200,7 @@ def report_run(
             asset_key=REPORT_KEY,
             metadata={
                 "dagster_run_id": run_id,
-                "summary": dg.MetadataValue.md(_table(report.outcomes)),
+                "summary": dg.MetadataValue.md(summary_table(report.outcomes)),
                 "statuses": dg.MetadataValue.json(statuses),
                 "failed_destinations": ", ".join(sorted(report.failures)) or "none",
             },
@@ -206,9 +209,10 @@ def report_run(
     return report
 
 
-def _table(outcomes: Sequence[SyncOutcome]) -> str:
+def summary_table(outcomes: Sequence[SyncOutcome]) -> str:
     rows = "\n".join(
-        f"| {o.destination} | {o.status} | {o.hightouch_run_id or '-'} | {o.added} | "
+        f"| {o.destination} | {o.status}{': ' + o.detail[:200] if o.detail else ''} | "
+        f"{o.hightouch_run_id or '-'} | {o.added} | "
         f"{o.changed} | {o.removed} | {o.failed} |"
         for o in outcomes
     )

@@ -30,6 +30,7 @@ from activation.hightouch import (
     HightouchRequestRefused,
     HightouchRunFailed,
     SyncRun,
+    parse_api_time,
 )
 from activation.resources import HightouchResource
 
@@ -94,13 +95,6 @@ def _already_materialized(context: StepContext, key: dg.AssetKey, hightouch_run_
     return False
 
 
-def _parse(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def find_run_to_follow(
     context: StepContext, key: dg.AssetKey, client: HightouchClient, sync_id: str
 ) -> str | None:
@@ -112,9 +106,9 @@ def find_run_to_follow(
     newest = marks[0]
     if newest[TRIGGER_MARK] == "intent":
         # The earlier attempt stopped between asking and remembering: adopt what it started.
-        since = _parse(newest.get("intent_at", ""))
+        since = parse_api_time(newest.get("intent_at"))
         for run in client.recent_runs(sync_id):
-            created = _parse(run.created_at or "")
+            created = parse_api_time(run.created_at)
             if since and created and created >= since:
                 context.log.warning(
                     f"An earlier attempt asked Hightouch to run sync {sync_id} and stopped "
