@@ -15,9 +15,10 @@ import duckdb
 import httpx
 import pytest
 
-from activation.demo import ChainResult, prepare_dbt_manifest, run_chain, sandbox_environment
+from activation.demo import ChainResult, run_chain
 from activation.destinations import load_destinations
 from activation.sandbox.launcher import SandboxProcess
+from tests.chain_support import sandbox_chain
 
 TOKEN = "fanout-test-token-58e0a7"
 ROUTING_KEYS = {
@@ -39,21 +40,13 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    folder = tmp_path_factory.mktemp("fanout") / "data"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        patch.setenv("ACTIVATION_SYNC_RETRY_DELAY_SECONDS", "0.1")
-        for name, value in ROUTING_KEYS.items():
-            patch.setenv(name, value)
-        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
-            prepare_dbt_manifest()
-            home = tmp_path_factory.mktemp("fanout_home")
-            with dg.instance_for_test(temp_dir=str(home)) as instance:
-                # Salesforce is down for the first run (its stand-in answers 503 to every call).
-                inject(sandbox, kind="crm_status", destination_type="salesforce", count=10_000)
-                first = run_chain(instance, "CRITICAL")
-                httpx.delete(sandbox.url + "/sandbox/faults").raise_for_status()
-                yield World(sandbox, instance, folder, first)
+    env = {"HIGHTOUCH_API_TOKEN": TOKEN, "ACTIVATION_SYNC_RETRY_DELAY_SECONDS": "0.1"}
+    with sandbox_chain(tmp_path_factory, "fanout", {**env, **ROUTING_KEYS}) as setup:
+        # Salesforce is down for the first run (its stand-in answers 503 to every call).
+        inject(setup.sandbox, kind="crm_status", destination_type="salesforce", count=10_000)
+        first = run_chain(setup.instance, "CRITICAL")
+        httpx.delete(setup.sandbox.url + "/sandbox/faults").raise_for_status()
+        yield World(setup.sandbox, setup.instance, setup.folder, first)
 
 
 def inject(sandbox: SandboxProcess, **spec: object) -> None:

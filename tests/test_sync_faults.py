@@ -18,7 +18,7 @@ import duckdb
 import httpx
 import pytest
 
-from activation.demo import prepare_dbt_manifest, run_chain, sandbox_environment
+from activation.demo import run_chain
 from activation.destinations import load_destinations
 from activation.environment import (
     SANDBOX_AIRBYTE_CONNECTION_ID,
@@ -28,6 +28,7 @@ from activation.environment import (
 from activation.hightouch import IN_FLIGHT
 from activation.resources import HightouchResource
 from activation.sandbox.launcher import SandboxProcess
+from tests.chain_support import sandbox_chain
 
 TOKEN = "fault-test-token-3b7d91ce"
 DESTINATION = next(d for d in load_destinations() if d.key == "iterable_users")
@@ -47,20 +48,22 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    folder = tmp_path_factory.mktemp("faults") / "data"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        patch.setenv("ACTIVATION_SYNC_RETRY_DELAY_SECONDS", "0.1")
-        patch.setenv("ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS", "3")
-        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
-            prepare_dbt_manifest()
-            home = tmp_path_factory.mktemp("faults_home")
-            with dg.instance_for_test(temp_dir=str(home)) as instance:
-                chain = run_chain(instance, console_log_level="CRITICAL")
-                assert chain.success, chain.failed_steps
-                from activation.definitions import build_definitions
+    env = {
+        "HIGHTOUCH_API_TOKEN": TOKEN,
+        "ACTIVATION_SYNC_RETRY_DELAY_SECONDS": "0.1",
+        "ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS": "3",
+    }
+    with sandbox_chain(tmp_path_factory, "faults", env) as setup:
+        chain = run_chain(setup.instance, console_log_level="CRITICAL")
+        assert chain.success, chain.failed_steps
+        from activation.definitions import build_definitions
 
-                yield World(sandbox, instance, build_definitions(), _rows(folder, DESTINATION.mart))
+        yield World(
+            setup.sandbox,
+            setup.instance,
+            build_definitions(),
+            _rows(setup.folder, DESTINATION.mart),
+        )
 
 
 def _rows(folder: Path, mart: str) -> int:
