@@ -78,18 +78,6 @@ def outcome_from_metadata(
     )
 
 
-def _planned_destinations(
-    run: dg.DagsterRun | None, destinations: Sequence[Destination]
-) -> set[str]:
-    if run is None:
-        return set()
-    if run.asset_selection:
-        return {d.key for d in destinations if sync_key_of(d.key) in run.asset_selection}
-    if run.job_name == "activate":
-        return {d.key for d in destinations}
-    return set()
-
-
 def summarize_run(
     instance: dg.DagsterInstance, run_id: str, destinations: Sequence[Destination]
 ) -> RunReport | None:
@@ -101,10 +89,17 @@ def summarize_run(
     synced: dict[str, SyncOutcome] = {}
     failed: dict[str, SyncOutcome] = {}
     failures: dict[str, str] = {}
+    planned: set[str] = set()
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
             continue
+        # Dagster records, at run start, every asset the run plans to materialize: whatever
+        # the job, a planned sync with no outcome was skipped.
+        if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED" and event.asset_key:
+            path = event.asset_key.path
+            if len(path) == 2 and path[0] == _SYNC_PREFIX and path[1] in by_key:
+                planned.add(path[1])
         materialization = entry.asset_materialization
         if materialization is not None:
             path = materialization.asset_key.path
@@ -133,7 +128,6 @@ def summarize_run(
             )
             if not blocked:
                 failures[key] = reason[:500]
-    planned = _planned_destinations(run, destinations)
     touched = set(synced) | set(failed)
     if not touched and not planned:
         return None
