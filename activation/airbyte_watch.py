@@ -32,8 +32,8 @@ import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
 from dagster_airbyte.translator import AirbyteJob, AirbyteMetadataSet
 
-from activation.automation import TRIGGER_TAG
-from activation.run_history import runs_planning_any
+from activation.automation import TRIGGER_TAG, json_object_cursor
+from activation.run_history import InFlightRuns
 
 AIRBYTE_SENSOR_INTERVAL_SECONDS = 30
 ACTIVE_STATUSES = ("pending", "running", "incomplete")
@@ -77,15 +77,7 @@ def connections_of(assets: Sequence[dg.AssetsDefinition]) -> list[Connection]:
 
 def load_cursor(cursor: str | None) -> dict[str, dict]:
     """`{connection_id: {"after": job_id, "since": iso-time or null}}`."""
-    if not cursor:
-        return {}
-    try:
-        value = json.loads(cursor)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"airbyte_job_sensor cursor is not JSON: {cursor!r}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"airbyte_job_sensor cursor must be an object: {cursor!r}")
-    return value
+    return json_object_cursor(cursor, "airbyte_job_sensor")
 
 
 def baseline(jobs: Sequence[AirbyteJob]) -> dict:
@@ -131,6 +123,7 @@ def build_airbyte_job_sensor(
         requests: list[dg.RunRequest] = []
         notes: list[str] = []
         client = airbyte.get_client()
+        in_flight_runs = InFlightRuns(context.instance)
         for connection in connections:
             state = cursor.get(connection.connection_id)
             since = datetime.fromisoformat(state["since"]) if state and state["since"] else None
@@ -147,14 +140,14 @@ def build_airbyte_job_sensor(
                     notes.append(f"job {airbyte_job.id} is {airbyte_job.status}")
                     break
                 if airbyte_job.status == "succeeded":
-                    if runs_planning_any(context.instance, connection.raw_keys):
+                    if in_flight_runs.planning_any(connection.raw_keys):
                         # A Dagster ingest run may have started this job; decide once it ends.
                         notes.append(f"job {airbyte_job.id}: a Dagster ingest run is in flight")
                         break
                     if ours is None:
                         ours = dagster_started_job_ids(context.instance, connection.raw_keys)
                     if airbyte_job.id not in ours:
-                        busy = runs_planning_any(context.instance, mart_keys)
+                        busy = in_flight_runs.planning_any(mart_keys)
                         if requests or busy:
                             # One build at a time: this job is answered after that run ends.
                             running = busy[0].run_id if busy else "requested this tick"

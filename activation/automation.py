@@ -35,11 +35,12 @@ import dagster as dg
 
 from activation.activate import sync_asset_key
 from activation.destinations import Destination
+from activation.gate import latest_materialization
 from activation.run_history import (
+    InFlightRuns,
     failed_blocking_checks,
     planned_asset_keys,
     run_is_finished,
-    runs_planning_any,
 )
 from activation.transform import mart_asset_key
 
@@ -60,22 +61,26 @@ def syncs_by_mart(destinations: Sequence[Destination]) -> dict[dg.AssetKey, list
     return marts
 
 
-def load_cursor(cursor: str | None) -> dict[str, int]:
-    """`{"marts/mart_x": storage_id}`; an unreadable cursor is an error, never a silent reset."""
+def json_object_cursor(cursor: str | None, sensor: str) -> dict:
+    """A sensor's JSON-object cursor (`{}` before the first tick); an unreadable cursor is an
+    error naming the sensor, never a silent reset that would replay or drop events."""
     if not cursor:
         return {}
     try:
         value = json.loads(cursor)
     except json.JSONDecodeError as error:
-        raise ValueError(f"mart_update_sensor cursor is not JSON: {cursor!r}") from error
-    if not isinstance(value, dict) or not all(isinstance(v, int) for v in value.values()):
-        raise ValueError(f"mart_update_sensor cursor must map mart keys to ids: {cursor!r}")
+        raise ValueError(f"{sensor} cursor is not JSON: {cursor!r}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{sensor} cursor must be an object: {cursor!r}")
     return value
 
 
-def _newest_storage_id(instance: dg.DagsterInstance, mart: dg.AssetKey) -> int:
-    result = instance.fetch_materializations(mart, limit=1)
-    return result.records[0].storage_id if result.records else 0
+def load_cursor(cursor: str | None) -> dict[str, int]:
+    """`{"marts/mart_x": storage_id}`."""
+    value = json_object_cursor(cursor, "mart_update_sensor")
+    if not all(isinstance(v, int) for v in value.values()):
+        raise ValueError(f"mart_update_sensor cursor must map mart keys to ids: {cursor!r}")
+    return value
 
 
 def _pending(
@@ -111,6 +116,7 @@ def build_mart_update_sensor(
     def mart_update_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         instance = context.instance
         cursor = load_cursor(context.cursor)
+        in_flight_runs = InFlightRuns(instance)
         requests: list[dg.RunRequest] = []
         waiting: list[str] = []
         for mart, sync_keys in marts.items():
@@ -118,7 +124,8 @@ def build_mart_update_sensor(
             if name not in cursor:
                 # First evaluation: start from now. Syncing every mart's old state on the day
                 # the sensor is deployed would surprise; later updates are all answered.
-                cursor[name] = _newest_storage_id(instance, mart)
+                newest_now = latest_materialization(instance, mart)
+                cursor[name] = newest_now.storage_id if newest_now else 0
                 continue
             pending = _pending(instance, mart, cursor[name])
             if not pending:
@@ -127,7 +134,7 @@ def build_mart_update_sensor(
             if not run_is_finished(instance, newest.run_id):
                 waiting.append(f"{name}: run {newest.run_id} that built it is still going")
                 continue
-            in_flight = runs_planning_any(instance, sync_keys)
+            in_flight = in_flight_runs.planning_any(sync_keys)
             if in_flight:
                 # Do not move the cursor: the update is answered once this run ends.
                 waiting.append(f"{name}: sync run {in_flight[0].run_id} is in flight")
@@ -171,6 +178,7 @@ def build_automation_definitions(
     from activation.airbyte_watch import build_airbyte_job_sensor
     from activation.webhooks.sensor import build_webhook_event_sensor
 
+    mart_keys = list(syncs_by_mart(destinations))
     sync_job = dg.define_asset_job(
         SYNC_JOB_NAME,
         selection=dg.AssetSelection.assets(*(sync_asset_key(d) for d in destinations)),
@@ -186,7 +194,7 @@ def build_automation_definitions(
         jobs=[sync_job, upstream_job],
         sensors=[
             build_mart_update_sensor(destinations, SYNC_JOB_NAME),
-            build_airbyte_job_sensor(assets, BUILD_JOB_NAME, list(syncs_by_mart(destinations))),
-            build_webhook_event_sensor(BUILD_JOB_NAME, list(syncs_by_mart(destinations))),
+            build_airbyte_job_sensor(assets, BUILD_JOB_NAME, mart_keys),
+            build_webhook_event_sensor(BUILD_JOB_NAME, mart_keys),
         ],
     )

@@ -2,8 +2,9 @@
 
 One place for the reads the sensors share: which runs are still going, which assets a run
 planned, which checks a run evaluated. `events_of_run` is the one call that is not public API
-(`DagsterInstance.get_records_for_run`): it is wrapped here alone and pinned by
-tests/test_sensors.py, so a Dagster upgrade that changes it fails one test, not the sensors.
+(`DagsterInstance.all_logs`, the same read activation/run_summary.py makes): it is wrapped here
+alone and pinned by tests/test_sensors.py, so a Dagster upgrade that changes it fails one test,
+not the sensors.
 """
 
 from collections.abc import Iterable
@@ -20,16 +21,7 @@ def events_of_run(
     instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType
 ) -> list[dg.EventLogEntry]:
     """Every event of one type that a run wrote, oldest first (wraps a non-public call)."""
-    entries: list[dg.EventLogEntry] = []
-    cursor = None
-    while True:
-        connection = instance.get_records_for_run(
-            run_id, cursor=cursor, of_type=event_type, limit=1000
-        )
-        entries.extend(record.event_log_entry for record in connection.records)
-        if not connection.has_more:
-            return entries
-        cursor = connection.cursor
+    return list(instance.all_logs(run_id, of_type=event_type))
 
 
 def planned_asset_keys(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
@@ -72,19 +64,32 @@ def unfinished_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return [record.dagster_run for record in records]
 
 
-def runs_planning_any(
-    instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey]
-) -> list[dg.DagsterRun]:
-    """Unfinished runs that plan to materialize any of `keys` (their sync is in flight)."""
-    wanted = set(keys)
-    found = []
-    for run in unfinished_runs(instance):
-        # An empty or absent selection means "the whole job": read the run's plan instead.
-        selection = run.asset_selection
-        planned = set(selection) if selection else planned_asset_keys(instance, run.run_id)
-        if planned & wanted:
-            found.append(run)
-    return found
+class InFlightRuns:
+    """The unfinished runs and the assets each plans, read at most once per sensor tick.
+
+    A tick asks "is a run planning any of these keys?" once per mart, connection or job; the
+    runs and their plans are read on the first question and reused for the rest of the tick.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self._instance = instance
+        self._plans: list[tuple[dg.DagsterRun, set[dg.AssetKey]]] | None = None
+
+    def planning_any(self, keys: Iterable[dg.AssetKey]) -> list[dg.DagsterRun]:
+        """Unfinished runs that plan to materialize any of `keys` (their sync is in flight)."""
+        if self._plans is None:
+            # An empty or absent selection means "the whole job": read the run's plan instead.
+            self._plans = [
+                (
+                    run,
+                    set(run.asset_selection)
+                    if run.asset_selection
+                    else planned_asset_keys(self._instance, run.run_id),
+                )
+                for run in unfinished_runs(self._instance)
+            ]
+        wanted = set(keys)
+        return [run for run, planned in self._plans if planned & wanted]
 
 
 def run_is_finished(instance: dg.DagsterInstance, run_id: str) -> bool:

@@ -227,19 +227,30 @@ RUNS_QUERY = """
 """
 
 
-def land_raw_data(sandbox: SandboxProcess, timeout: float = 60.0) -> int:
-    """Run one Airbyte job on the stand-in directly (outside Dagster) and wait for it to land."""
-    rest = f"{sandbox.url}{SANDBOX_AIRBYTE_REST_PREFIX}"
+def start_airbyte_job(sandbox_url: str) -> int:
+    """Start one sync job on the Airbyte stand-in directly, as Airbyte's own scheduler would."""
     job = httpx.post(
-        f"{rest}/jobs", json={"connectionId": SANDBOX_AIRBYTE_CONNECTION_ID, "jobType": "sync"}
+        f"{sandbox_url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs",
+        json={"connectionId": SANDBOX_AIRBYTE_CONNECTION_ID, "jobType": "sync"},
     )
     job.raise_for_status()
-    job_id = int(job.json()["jobId"])
+    return int(job.json()["jobId"])
+
+
+def wait_for_airbyte_job(sandbox_url: str, job_id: int, timeout: float = 60.0) -> None:
+    """Until the stand-in's job succeeded; raises if it ended otherwise or took too long."""
+    url = f"{sandbox_url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs/{job_id}"
     deadline = time.monotonic() + timeout
-    while (status := httpx.get(f"{rest}/jobs/{job_id}").json()["status"]) != "succeeded":
+    while (status := httpx.get(url).json()["status"]) != "succeeded":
         if status in ("failed", "cancelled") or time.monotonic() > deadline:
             raise RuntimeError(f"Airbyte stand-in job {job_id} ended {status}")
-        time.sleep(0.2)
+        time.sleep(0.1)
+
+
+def land_raw_data(sandbox: SandboxProcess, timeout: float = 60.0) -> int:
+    """Run one Airbyte job on the stand-in directly (outside Dagster) and wait for it to land."""
+    job_id = start_airbyte_job(sandbox.url)
+    wait_for_airbyte_job(sandbox.url, job_id, timeout)
     return job_id
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from activation.destinations import load_destinations
 from activation.stack import Stack, post_signal, running_stack
+from activation.webhooks.sensor import EVENT_ID_TAG
 
 SYNC_STEP_PREFIX = "activate__"
 
@@ -55,7 +56,7 @@ def _wait_for_run(stack: Stack, event_id: str, timeout: float = 600) -> dict:
     while time.monotonic() < deadline:
         for run in stack.runs():
             tags = {t["key"]: t["value"] for t in run["tags"]}
-            if tags.get("activation/webhook-event-id") == event_id and run["status"] in (
+            if tags.get(EVENT_ID_TAG) == event_id and run["status"] in (
                 "SUCCESS",
                 "FAILURE",
                 "CANCELED",

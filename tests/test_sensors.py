@@ -11,16 +11,16 @@
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 
 from activation.automation import SYNC_JOB_NAME, build_mart_update_sensor, load_cursor
 from activation.destinations import load_destinations
 from activation.run_history import events_of_run, failed_blocking_checks, planned_asset_keys
+from activation.stack import start_airbyte_job, wait_for_airbyte_job
 from activation.webhooks import store
 from activation.webhooks.sensor import build_webhook_event_sensor
 
@@ -176,7 +176,7 @@ def test_a_run_that_synced_the_mart_itself_requests_nothing(world: MartWorld) ->
 
 
 def test_run_history_reads_planned_assets_and_check_evaluations(world: MartWorld) -> None:
-    """Pins the one non-public call the sensors use (`get_records_for_run`)."""
+    """Pins the one non-public call the sensors use (`DagsterInstance.all_logs`)."""
     run = dg.materialize(world.assets, instance=world.instance)
     assert planned_asset_keys(world.instance, run.run_id) == {MART, SYNC}
     checks = events_of_run(world.instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
@@ -246,50 +246,34 @@ def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
             yield sandbox, build_definitions()
 
 
-def _start_job_outside_dagster(url: str) -> int:
-    from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
+def _airbyte_ticker(
+    defs: dg.Definitions, instance: dg.DagsterInstance
+) -> Callable[[str | None], dg.SensorResult]:
+    """One evaluation of `airbyte_job_sensor` per call, from the given cursor."""
+    sensor = next(s for s in defs.sensors if s.name == "airbyte_job_sensor")
 
-    response = httpx.post(
-        f"{url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs",
-        json={"connectionId": SANDBOX_AIRBYTE_CONNECTION_ID, "jobType": "sync"},
-    )
-    response.raise_for_status()
-    return int(response.json()["jobId"])
+    def tick(cursor: str | None) -> dg.SensorResult:
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
+        )
+        return sensor(context)
 
-
-def _wait_for_job(url: str, job_id: int) -> None:
-    from activation.environment import SANDBOX_AIRBYTE_REST_PREFIX
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{url}{SANDBOX_AIRBYTE_REST_PREFIX}/jobs/{job_id}").json()["status"]
-        if status not in ("pending", "running"):
-            assert status == "succeeded"
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"Airbyte job {job_id} did not finish")
+    return tick
 
 
 def test_airbyte_sensor_answers_each_outside_job_once(
     airbyte_location: tuple, tmp_path: Path
 ) -> None:
     sandbox, defs = airbyte_location
-    sensor = next(s for s in defs.sensors if s.name == "airbyte_job_sensor")
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-
-        def tick(cursor: str | None) -> dg.SensorResult:
-            context = dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
-            )
-            return sensor(context)
-
+        tick = _airbyte_ticker(defs, instance)
         baseline = tick(None)
         assert baseline.run_requests == []
 
-        outside = _start_job_outside_dagster(sandbox.url)
+        outside = start_airbyte_job(sandbox.url)
         running = tick(baseline.cursor)  # still pending or running: decided later, not skipped
         assert running.run_requests == []
-        _wait_for_job(sandbox.url, outside)
+        wait_for_airbyte_job(sandbox.url, outside)
         done = tick(running.cursor)
         (request,) = done.run_requests
         assert request.run_key == f"airbyte-job:{outside}"
@@ -312,24 +296,17 @@ def test_airbyte_sensor_waits_while_a_dagster_ingest_run_is_in_flight(
     airbyte_location: tuple, tmp_path: Path
 ) -> None:
     sandbox, defs = airbyte_location
-    sensor = next(s for s in defs.sensors if s.name == "airbyte_job_sensor")
     raw = dg.AssetKey(["raw", "customers"])
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-
-        def tick(cursor: str | None) -> dg.SensorResult:
-            context = dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
-            )
-            return sensor(context)
-
+        tick = _airbyte_ticker(defs, instance)
         baseline = tick(None)
         # An unfinished ingest run may be the one that starts the next job: no decision yet.
         ingest_job = defs.resolve_implicit_global_asset_job_def()
         queued = instance.create_run_for_job(
             ingest_job, asset_selection=frozenset({raw}), status=dg.DagsterRunStatus.NOT_STARTED
         )
-        job_id = _start_job_outside_dagster(sandbox.url)
-        _wait_for_job(sandbox.url, job_id)
+        job_id = start_airbyte_job(sandbox.url)
+        wait_for_airbyte_job(sandbox.url, job_id)
         waiting = tick(baseline.cursor)
         assert waiting.run_requests == []
         assert waiting.cursor == baseline.cursor

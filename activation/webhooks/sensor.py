@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from activation.automation import TRIGGER_TAG
-from activation.run_history import runs_planning_any
+from activation.run_history import InFlightRuns
 from activation.webhooks import store
 
 WEBHOOK_SENSOR_INTERVAL_SECONDS = 5
@@ -55,7 +55,7 @@ def build_webhook_event_sensor(
                 cursor=json.dumps({"seq": seq}),
             )
         (event,) = events
-        busy = runs_planning_any(context.instance, mart_keys)
+        busy = InFlightRuns(context.instance).planning_any(mart_keys)
         if busy:
             return dg.SensorResult(
                 skip_reason=dg.SkipReason(
