@@ -11,13 +11,15 @@ import email.utils
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
-from activation.sandbox.launcher import SandboxProcess
+from activation.sandbox.hightouch import STAGING_SYNCS_VAR
+from activation.sandbox.launcher import SandboxProcess, start_sandbox
 from tests.sandbox_marts import (
     API,
     build_mart,
@@ -229,6 +231,24 @@ def test_a_method_filter_and_control_paths_are_never_faulted(
     assert http.post("/sandbox/scenario", json={}).status_code == 200
     assert only_fault(sandbox)["hits"] == 0
     assert http.post(f"{API}/syncs/101/trigger", json={}).status_code == 500
+
+
+def test_staging_syncs_are_fault_targets_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault targets are the syncs the stand-in serves, staging twins included."""
+    monkeypatch.setenv(STAGING_SYNCS_VAR, "1")
+    staging_sandbox = start_sandbox(tmp_path / "data", "--phase-seconds", "0.05")
+    try:
+        with staging_sandbox.client() as client:
+            syncs = client.get(f"{API}/syncs").json()["data"]
+            staging = next(s for s in syncs if s["slug"].endswith("-staging"))
+            staging_sandbox.inject_fault(kind="status", status=503, sync_id=str(staging["id"]))
+            by_slug = client.post(f"{API}/syncs/trigger", json={"syncSlug": staging["slug"]})
+            assert by_slug.status_code == 503
+            assert staging_sandbox.trigger_counts() == {}
+    finally:
+        staging_sandbox.stop()
 
 
 # -- the control endpoint -------------------------------------------------------------------------

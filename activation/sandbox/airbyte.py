@@ -318,8 +318,8 @@ class JobEngine:
                     409, "try-again-later", f"A sync is already running for: {connection_id}"
                 )
             now = datetime.now(UTC)
-            job = Job(next(self._ids), connection_id, dict(scenario), now, now)
-            job.fault = self._faults.take_job(connection_id) if self._faults else None
+            fault = self._faults.take_job(connection_id) if self._faults else None
+            job = Job(next(self._ids), connection_id, dict(scenario), now, now, fault=fault)
             self._jobs[job.id] = job
             thread = threading.Thread(
                 target=self._run, args=(job,), name=f"airbyte-job-{job.id}", daemon=True

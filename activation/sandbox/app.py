@@ -27,9 +27,11 @@ from activation.sandbox.context import SandboxContext, SandboxSettings
 def build_app(settings: SandboxSettings) -> Starlette:
     context = SandboxContext.create(settings)
     request_counts = traffic.RequestCounts()
+    # One list of syncs for the stand-in and the fault targets, staging twins included.
+    syncs = hightouch.served_sync_definitions(context.destinations)
     fault_registry = faults.FaultRegistry(
         fault_specs.Targets(
-            syncs={s.id: s.slug for s in hightouch.sync_definitions(context.destinations)},
+            syncs={s.id: s.slug for s in syncs},
             destination_types=tuple(sorted(crm.batch_limits())),
             connection_ids=(SANDBOX_AIRBYTE_CONNECTION_ID,),
         )
@@ -56,7 +58,7 @@ def build_app(settings: SandboxSettings) -> Starlette:
         *traffic.routes(request_counts),
         *airbyte.routes(context, faults=fault_registry),
         *crm.routes(context),
-        *hightouch.routes(context, faults=fault_registry),
+        *hightouch.routes(context, syncs, faults=fault_registry),
         *notifications.routes(context),
     ]
     # The counter sees every request first, faulted ones included; faults apply before routing.

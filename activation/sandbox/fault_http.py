@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from activation.environment import SANDBOX_AIRBYTE_REST_PREFIX, SANDBOX_HIGHTOUCH_PREFIX
+from activation.sandbox.airbyte import ProblemError
 from activation.sandbox.fault_specs import CONTROL_PREFIX, HttpFault
 from activation.sandbox.faults import FaultRegistry
 
@@ -86,12 +87,16 @@ def _fault_response(fault: HttpFault, path: str, answer: _Captured | None) -> Re
     if fault.kind == "html":
         page = _HTML_PAGE.format(status=fault.status, phrase=phrase)
         return HTMLResponse(page, status_code=fault.status)
-    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-    body = dict(fault.body) if fault.body is not None else _error_body(path, fault.status)
-    media_type = "application/json"
-    if fault.body is None and path.startswith(SANDBOX_AIRBYTE_REST_PREFIX):
-        media_type = "application/problem+json"
-    return JSONResponse(body, status_code=fault.status, headers=headers, media_type=media_type)
+    if fault.body is not None:
+        response: Response = JSONResponse(dict(fault.body), status_code=fault.status)
+    elif path.startswith(SANDBOX_AIRBYTE_REST_PREFIX):
+        title = phrase.lower().replace(" ", "-")
+        response = ProblemError(fault.status, title, f"{phrase} (sandbox fault)").response()
+    else:
+        response = JSONResponse(_hightouch_error(fault.status), status_code=fault.status)
+    if fault.retry_after is not None:
+        response.headers["Retry-After"] = fault.retry_after
+    return response
 
 
 def _phrase(status: int) -> str:
@@ -101,22 +106,13 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
-def _error_body(path: str, status: int) -> dict[str, Any]:
-    """The error JSON the real API behind `path` answers with."""
-    phrase = _phrase(status)
-    if path.startswith(SANDBOX_AIRBYTE_REST_PREFIX):
-        title = phrase.lower().replace(" ", "-")
-        return {
-            "type": f"https://reference.airbyte.com/reference/errors#{title}",
-            "title": title,
-            "status": status,
-            "detail": f"{phrase} (sandbox fault)",
-        }
+def _hightouch_error(status: int) -> dict[str, Any]:
+    """The error JSON Hightouch answers with (also used for the stand-ins without their own)."""
     if status == 429:
         return {"message": "Too many requests: rate limit exceeded, try again later"}
     if status == 422:
         return {"message": "Validation failed", "details": {}}
-    return {"message": phrase}
+    return {"message": _phrase(status)}
 
 
 @dataclass

@@ -14,17 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from activation.hightouch import IN_FLIGHT, TERMINAL_FAILURE, TERMINAL_SUCCESS
+
 CONTROL_PREFIX = "/sandbox/"
 HTTP_KINDS = ("status", "hang", "reset", "malformed_json", "html")
 KINDS = (*HTTP_KINDS, "run", "crm_status", "airbyte_job")
 RUN_OUTCOMES = ("failed", "warning", "interrupted", "cancelled")
 JOB_OUTCOMES = ("failed", "cancelled", "running")
-HIGHTOUCH_STATUSES = frozenset(
-    {
-        "queued", "querying", "processing", "reporting", "interrupted", "success", "warning",
-        "failed", "cancelled", "pending", "completed_with_errors",
-    }
-)  # fmt: skip
+# Every status the product's Hightouch client knows; an injected unknown status must be none.
+HIGHTOUCH_STATUSES = TERMINAL_SUCCESS | TERMINAL_FAILURE | IN_FLIGHT
 MAX_SECONDS = 3600.0
 _DEFAULT_RUN_ERRORS = {
     "failed": "Sync failed: the destination answered 500 Internal Server Error (sandbox fault)",
@@ -106,15 +104,16 @@ class RunFault:
 
 @dataclass(frozen=True)
 class CrmFault:
-    destination_type: str
+    """The status a CRM stand-in answers instead of serving one call (its type is the target)."""
+
     status: int = 503
 
 
 @dataclass(frozen=True)
 class JobFault:
-    """What happens to one Airbyte job (read by the Airbyte stand-in)."""
+    """What happens to one Airbyte job (read by the Airbyte stand-in; the connection is the
+    fault's target)."""
 
-    connection_id: str
     outcome: str
     error: str | None = None
 
@@ -205,7 +204,7 @@ def parse_fault(body: Any, targets: Targets) -> tuple[str, Effect, str | None, i
             raise FaultSpecError("destination_type", "is required for a crm_status fault")
         status = fields.integer("status", 503, 400, 599)
         assert status is not None
-        effect = CrmFault(target, status)
+        effect = CrmFault(status)
     else:
         target = fields.string("connection_id", targets.connection_ids) or targets.connection_ids[0]
         outcome = fields.string("outcome", JOB_OUTCOMES)
@@ -214,7 +213,7 @@ def parse_fault(body: Any, targets: Targets) -> tuple[str, Effect, str | None, i
         error = fields.string("error")
         if error is not None and outcome != "failed":
             raise FaultSpecError("error", "only a failed job has an error")
-        effect = JobFault(target, outcome, error or "Sync failed (sandbox fault)")
+        effect = JobFault(outcome, error or "Sync failed (sandbox fault)")
     fields.finish(kind)
     return kind, effect, target, count
 

@@ -119,6 +119,15 @@ def staging_sync_definitions(production: Sequence[SyncDefinition]) -> list[SyncD
     ]
 
 
+def served_sync_definitions(destinations: Sequence[Destination]) -> list[SyncDefinition]:
+    """Every sync the stand-in serves: one per declared destination, then their staging twins
+    when ACTIVATION_SANDBOX_STAGING_SYNCS=1 (read once, when the sandbox starts)."""
+    definitions = sync_definitions(destinations)
+    if os.environ.get(STAGING_SYNCS_VAR, "").strip() in ("1", "true", "yes"):
+        definitions += staging_sync_definitions(definitions)
+    return definitions
+
+
 class HightouchApi:
     """The API's answers; `routes()` binds them to paths behind `endpoint` (auth, errors)."""
 
@@ -342,10 +351,12 @@ def _trigger_options(body: dict[str, Any]) -> dict[str, bool]:
     return {option: body.get(name, False) for option, name in options.items()}
 
 
-def routes(context: SandboxContext, faults: FaultRegistry | None = None) -> list[BaseRoute]:
-    definitions = sync_definitions(context.destinations)
-    if os.environ.get(STAGING_SYNCS_VAR, "").strip() in ("1", "true", "yes"):
-        definitions += staging_sync_definitions(definitions)
+def routes(
+    context: SandboxContext,
+    definitions: Sequence[SyncDefinition],
+    faults: FaultRegistry | None = None,
+) -> list[BaseRoute]:
+    """The API's routes for `definitions` (from `served_sync_definitions`)."""
     engine = SyncEngine(
         store=context.store,
         crm=CrmStandIns(context.store, faults=faults),

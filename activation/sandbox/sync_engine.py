@@ -327,15 +327,15 @@ class SyncEngine:
                 records = sync_plan.planned_records(cursor, destination, operation)
             for start in range(0, len(records), limit):
                 self._check(run)
-                batch = records[start : start + limit]
-                injected = [
-                    RecordResult(str(record["id"]), ok=False, error=INJECTED_REJECTION)
-                    for position, record in enumerate(batch, start=done)
-                    if position in rejected_positions
-                ]
-                if injected:  # rejected rows never reach the CRM stand-in
-                    refused = {result.id for result in injected}
-                    batch = [record for record in batch if str(record["id"]) not in refused]
+                batch: list[dict[str, Any]] = []
+                injected: list[RecordResult] = []  # rejected rows never reach the CRM stand-in
+                for position, record in enumerate(records[start : start + limit], start=done):
+                    if position in rejected_positions:
+                        injected.append(
+                            RecordResult(str(record["id"]), ok=False, error=INJECTED_REJECTION)
+                        )
+                    else:
+                        batch.append(record)
                 results = self._send(run, destination, operation, batch) if batch else []
                 results = results + injected
                 rejected = [result for result in results if not result.ok]

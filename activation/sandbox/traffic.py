@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-CONTROL_PREFIX = "/sandbox/"
+from activation.sandbox.fault_specs import CONTROL_PREFIX
 
 
 class RequestCounts:

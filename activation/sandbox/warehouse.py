@@ -71,13 +71,7 @@ class Warehouse(Protocol):
         """Make the Parquet files just landed in `raw_dir` visible to dbt's sources."""
 
     def copy_mart(
-        self,
-        store: SandboxStore,
-        mart: str,
-        *,
-        key: str,
-        columns: Sequence[str],
-        into: str,
+        self, store: SandboxStore, mart: str, *, key: str, columns: Sequence[str], into: str
     ) -> int:
         """Copy `marts.<mart>` (`key` as VARCHAR, then `columns`) into store table `into`.
 
@@ -108,13 +102,7 @@ class DuckDBWarehouse:
         """Nothing to do: dbt's sources read the Parquet files (`meta.external_location`)."""
 
     def copy_mart(
-        self,
-        store: SandboxStore,
-        mart: str,
-        *,
-        key: str,
-        columns: Sequence[str],
-        into: str,
+        self, store: SandboxStore, mart: str, *, key: str, columns: Sequence[str], into: str
     ) -> int:
         if not self.path.exists():
             raise MartUnavailableError(
@@ -311,13 +299,7 @@ class PostgresWarehouse:
                         cursor.copy_expert(f"COPY {table} FROM STDIN WITH (FORMAT csv)", rows)
 
     def copy_mart(
-        self,
-        store: SandboxStore,
-        mart: str,
-        *,
-        key: str,
-        columns: Sequence[str],
-        into: str,
+        self, store: SandboxStore, mart: str, *, key: str, columns: Sequence[str], into: str
     ) -> int:
         with tempfile.TemporaryDirectory(prefix="activation-mart-") as folder:
             csv_path = Path(folder) / f"{mart}.csv"
