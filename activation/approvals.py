@@ -86,6 +86,17 @@ def proof_matches(proof: str, verifier: str) -> bool:
 # -- records ---------------------------------------------------------------------------------------
 
 
+def _staging_metadata(staging: RunSummary) -> dict[str, Any]:
+    """The staging run reviewers were shown, as both records store it (`staging_*`)."""
+    return {
+        "staging_sync_id": staging.sync_id,
+        "staging_run_id": staging.run_id,
+        "staging_run_url": dg.MetadataValue.url(staging.run_url),
+        "staging_status": staging.status,
+        **{f"staging_{name}": value for name, value in staging.counts.items()},
+    }
+
+
 @dataclass(frozen=True)
 class ReviewRequest:
     """What `request_review` asked reviewers to decide on, for one promotion run."""
@@ -102,11 +113,7 @@ class ReviewRequest:
         return {
             "kind": REVIEW_REQUESTED,
             "promotion_run_id": self.promotion_run_id,
-            "staging_sync_id": self.staging.sync_id,
-            "staging_run_id": self.staging.run_id,
-            "staging_run_url": dg.MetadataValue.url(self.staging.run_url),
-            "staging_status": self.staging.status,
-            **{f"staging_{name}": value for name, value in self.staging.counts.items()},
+            **_staging_metadata(self.staging),
             "production_sync": self.production_sync,
             "code_verifier": self.verifier,
             "allowed_reviewers": ", ".join(self.allowed_reviewers) or "(anyone with the code)",
@@ -169,11 +176,7 @@ class Decision:
             "decided_at": self.decided_at_utc,
             "decided_at_ts": self.decided_at,
             "comment" if self.verdict is Verdict.APPROVE else "reason": self.note,
-            "staging_sync_id": self.staging.sync_id,
-            "staging_run_id": self.staging.run_id,
-            "staging_run_url": dg.MetadataValue.url(self.staging.run_url),
-            "staging_status": self.staging.status,
-            **{f"staging_{name}": value for name, value in self.staging.counts.items()},
+            **_staging_metadata(self.staging),
             "source": self.source,
             "proof": self.proof,
         }
@@ -310,15 +313,11 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, dg.MetadataValue) else value
 
 
-def read_entries(
-    instance: dg.DagsterInstance, *, since: float, after_storage_id: int | None = None
-) -> list[Entry]:
+def read_entries(instance: dg.DagsterInstance, *, since: float) -> list[Entry]:
     """Approvals observations stored after `since` (epoch seconds), oldest first."""
     entries: list[Entry] = []
     cursor: str | None = None
-    records_filter = dg.AssetRecordsFilter(
-        asset_key=APPROVALS_KEY, after_timestamp=since, after_storage_id=after_storage_id
-    )
+    records_filter = dg.AssetRecordsFilter(asset_key=APPROVALS_KEY, after_timestamp=since)
     while True:
         result = instance.fetch_observations(
             records_filter, limit=PAGE_SIZE, cursor=cursor, ascending=True

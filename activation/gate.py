@@ -28,6 +28,7 @@ from activation.guards import GUARD_CHECK_PREFIX, guard_check_name
 from activation.paging import GatePager, PagerDutyResource
 from activation.paths import destinations_file, warehouse_path
 from activation.resources import SlackWebhookResource
+from activation.run_summary import sync_key_of
 
 __all__ = ["GateClosed", "PagerDutyResource", "enforce_gate", "gate_refusals"]
 
@@ -232,6 +233,12 @@ def repository_for_gate(context: dg.AssetExecutionContext) -> dg.RepositoryDefin
     A run launched by the webserver, a sensor or the daemon carries it. `execute_in_process`
     (the demo, the tests) does not, and its job is cut down to the selected assets, so the
     definitions are loaded again here, once per process and environment.
+
+    Dagster 1.13 has no public way to ask whether the step has a repository: the property
+    (itself not marked public) raises `CheckError` from `check.invariant` when it is unset, and
+    that class lives in `dagster_shared.check` (a package of the Dagster release, not a
+    `dagster._` module). The in-process tests (tests/test_gate.py) take this fallback on every
+    sync, so a change in that behaviour fails them.
     """
     try:
         return context.repository_def
@@ -308,7 +315,7 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
         run_id = context.dagster_run.run_id
         repository = context.repository_def
         for destination in destinations:
-            key = dg.AssetKey(["activate", destination.key])  # activation.activate.sync_asset_key
+            key = sync_key_of(destination.key)
             pager = GatePager(
                 context.instance,
                 context.log,

@@ -22,14 +22,14 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
 
-from activation.destinations import Destination, Guards
+from activation.destinations import Destination
 from activation.paths import warehouse_path, warehouse_target
 from activation.transform import mart_asset_key
 
@@ -238,8 +238,10 @@ def measure(session: Session, destination: Destination) -> GuardCounts:
     )
 
 
-def violations(counts: GuardCounts, guards: Guards, destination: Destination) -> list[str]:
-    """Each limit the counts break, as a sentence (empty: the sync may go ahead)."""
+def violations(counts: GuardCounts, destination: Destination) -> list[str]:
+    """Each limit of `destination.guards` the counts break, as a sentence (empty: the sync may
+    go ahead)."""
+    guards = destination.guards
     found: list[str] = []
     if counts.duplicate_keys:
         found.append(
@@ -279,9 +281,8 @@ def violations(counts: GuardCounts, guards: Guards, destination: Destination) ->
 
 
 def guard_metadata(counts: GuardCounts) -> dict[str, dg.MetadataValue]:
-    values = asdict(counts)
     metadata: dict[str, dg.MetadataValue] = {
-        f"would_be_{name}": dg.MetadataValue.int(values[name])
+        f"would_be_{name}": dg.MetadataValue.int(getattr(counts, name))
         for name in ("added", "changed", "removed")
     }
     metadata["mart_rows"] = dg.MetadataValue.int(counts.rows)
@@ -333,7 +334,7 @@ def build_guard_check(destination: Destination) -> dg.AssetChecksDefinition:
     def _guard(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         with warehouse_connection(read_only=True) as session:
             counts = measure(session, destination)
-        found = violations(counts, destination.guards, destination)
+        found = violations(counts, destination)
         for problem in found:
             context.log.error(f"Guard {destination.key}: {problem}")
         return dg.AssetCheckResult(

@@ -15,7 +15,8 @@ delivered is logged as an error and never changes the gate's decision.
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import dagster as dg
@@ -201,6 +202,7 @@ def page_sync_failure(
     )
 
 
+@dataclass(frozen=True)
 class GatePager:
     """Pages for one sync's gate decision: trigger per refusing check, resolve what passes now.
 
@@ -208,26 +210,16 @@ class GatePager:
     started because a blocking check failed in it (`activation.gate.build_blocked_sync_sensor`).
     """
 
-    def __init__(
-        self,
-        instance: dg.DagsterInstance,
-        log: Any,
-        destination: Destination,
-        *,
-        sync_key: dg.AssetKey,
-        run_id: str,
-        record: Callable[[dg.AssetObservation], None],
-        pagerduty: PagerDutyResource | None,
-        slack: object | None,
-    ) -> None:
-        self.instance = instance
-        self.log = log
-        self.destination = destination
-        self.sync_key = sync_key
-        self.run_id = run_id
-        self.record = record
-        self.pagerduty = pagerduty
-        self.slack = slack
+    instance: dg.DagsterInstance
+    log: Any
+    destination: Destination
+    _: KW_ONLY
+    sync_key: dg.AssetKey
+    run_id: str
+    record: Callable[[dg.AssetObservation], None]
+    """Where the open pages are written: the step's `log_event`, or a runless report."""
+    pagerduty: PagerDutyResource | None
+    slack: object | None
 
     @classmethod
     def from_step(
@@ -249,24 +241,23 @@ class GatePager:
             slack=slack,
         )
 
-    def open_pages(self) -> list[str]:
-        """Dedup keys this sync's gate paged and has not resolved yet (newest record wins)."""
+    def _gate_records(self) -> Iterator[dict[str, Any]]:
+        """Metadata of this sync's recent gate decisions, newest first."""
         result = self.instance.fetch_observations(self.sync_key, limit=_LOOKBACK)
         for record in result.records:
             observation = record.event_log_entry.asset_observation
-            if observation is not None and OPEN_PAGES in observation.metadata:
-                return list(observation.metadata[OPEN_PAGES].value)  # type: ignore[arg-type]
+            if observation is not None and GATE_RUN in observation.metadata:
+                yield {name: value.value for name, value in observation.metadata.items()}
+
+    def open_pages(self) -> list[str]:
+        """Dedup keys this sync's gate paged and has not resolved yet (newest record wins)."""
+        for metadata in self._gate_records():
+            return list(metadata[OPEN_PAGES])
         return []
 
     def decided_in(self, run_id: str) -> bool:
         """Whether a gate decision of `run_id` was already recorded for this sync."""
-        result = self.instance.fetch_observations(self.sync_key, limit=_LOOKBACK)
-        for record in result.records:
-            observation = record.event_log_entry.asset_observation
-            metadata = observation.metadata if observation is not None else {}
-            if GATE_RUN in metadata and metadata[GATE_RUN].value == run_id:
-                return True
-        return False
+        return any(metadata[GATE_RUN] == run_id for metadata in self._gate_records())
 
     def _remember(self, keys: Sequence[str], refused: Sequence[dict]) -> None:
         metadata: dict[str, object] = {
@@ -278,14 +269,13 @@ class GatePager:
         self.record(dg.AssetObservation(asset_key=self.sync_key, metadata=metadata))
 
     def resolve_passing(self) -> None:
-        self.update([])
+        self.page_refusals([])
 
     def page_refusals(self, refusals: Sequence, *, only_new: bool = False) -> None:
-        """Trigger a page per refusing check; `only_new` skips it all when every one is already
-        paged (the sensor's case: a failed run re-reads gates that may have paged before)."""
-        self.update(refusals, only_new=only_new)
-
-    def update(self, refusals: Sequence, *, only_new: bool = False) -> None:
+        """Trigger a page per refusing check and resolve the open pages of checks that no longer
+        refuse (all of them when `refusals` is empty); `only_new` skips it all when every one is
+        already paged (the sensor's case: a failed run re-reads gates that may have paged before).
+        """
         log = self.log
         before = self.open_pages()
         refused = {dedup_key(r.check.asset_key, r.check.name): r for r in refusals}

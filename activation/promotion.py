@@ -51,6 +51,7 @@ from activation.review_messages import (
     review_slack_message,
     review_teams_card,
 )
+from activation.sync_step import sync_run_metadata
 
 PROMOTION_GROUP = "promotion"
 
@@ -124,7 +125,9 @@ def _sync_id(client: HightouchClient, reference: str) -> str:
 
 def _run_sync(
     context: dg.OpExecutionContext, hightouch: HightouchResource, reference: str, full: bool
-) -> RunSummary:
+) -> tuple[RunSummary, dict[str, dg.MetadataValue]]:
+    """Trigger the sync, follow its run to the end; the run as reviewers see it, and its
+    metadata under the names the sync assets use (`activation.sync_step.sync_run_metadata`)."""
     with hightouch.get_client() as client:
         sync_id = _sync_id(client, reference)
         run_id = client.trigger(sync_id, full_resync=full)
@@ -136,17 +139,8 @@ def _run_sync(
             max_poll_interval=hightouch.max_poll_interval_seconds,
             poll_timeout=hightouch.poll_timeout_seconds,
         )
-        return RunSummary.of(run, client.run_url(sync_id, run_id))
-
-
-def _summary_metadata(summary: RunSummary) -> dict[str, object]:
-    return {
-        "hightouch_sync_id": summary.sync_id,
-        "hightouch_run_id": summary.run_id,
-        "hightouch_run_url": dg.MetadataValue.url(summary.run_url),
-        "hightouch_status": summary.status,
-        **summary.counts,
-    }
+        url = client.run_url(sync_id, run_id)
+        return RunSummary.of(run, url), sync_run_metadata(run, url)
 
 
 def _notify(
@@ -198,9 +192,9 @@ def staging_sync(
     problems = config.problems()
     if problems:
         raise dg.Failure("The promote form is invalid: " + "; ".join(problems))
-    summary = _run_sync(context, hightouch, config.staging_sync, config.full_resync)
+    summary, metadata = _run_sync(context, hightouch, config.staging_sync, config.full_resync)
     context.log.info(f"Staging run {summary.run_id} {summary.status}: {summary.counts}")
-    return dg.Output(summary, metadata=_summary_metadata(summary))
+    return dg.Output(summary, metadata=metadata)
 
 
 @dg.op(
@@ -350,10 +344,8 @@ def production_sync(
     approval: SignOff,
     hightouch: HightouchResource,
 ) -> dg.Output[RunSummary]:
-    summary = _run_sync(context, hightouch, config.production_sync, config.full_resync)
-    return dg.Output(
-        summary, metadata={**_summary_metadata(summary), "approved_by": approval.reviewer}
-    )
+    summary, metadata = _run_sync(context, hightouch, config.production_sync, config.full_resync)
+    return dg.Output(summary, metadata={**metadata, "approved_by": approval.reviewer})
 
 
 @dg.op(description="Announces the production run with its id and counts.")

@@ -11,7 +11,7 @@ secret, so it is bound with an EnvVar (TEAMS_WEBHOOK_URL).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 from activation.hightouch import SyncRun
@@ -82,9 +82,6 @@ class RunSummary:
                 f"{self.failed_changed} changed, {self.failed_removed} removed)",
             ),
         ]
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10, help="timings per destination")
     args = parser.parse_args()
 
+    from activation.activate import sync_asset_key
     from activation.demo import prepare_dbt_manifest, run_chain, sandbox_environment
     from activation.destinations import load_destinations
     from activation.gate import gate_refusals, upstream_blocking_checks
@@ -48,7 +49,7 @@ def main() -> None:
                 f"{'snapshot ms':>13}{'mart rows':>11}"
             )
             for destination in load_destinations():
-                key = dg.AssetKey(["activate", destination.key])
+                key = sync_asset_key(destination)
                 checks = sum(len(c) for c in upstream_blocking_checks(repository, key).values())
                 gate, guard, snapshot = [], [], []
                 for _ in range(args.repeat):

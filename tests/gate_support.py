@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from activation.activate import sync_asset_key_for
 from activation.demo import prepare_dbt_manifest, sandbox_environment
 from activation.destinations import load_destinations
 from activation.sandbox.launcher import SandboxProcess
@@ -43,7 +44,7 @@ def chain_sandbox(folder: Path, destinations_file: Path | None = None) -> Iterat
 
 
 def sync_key(destination_key: str) -> dg.AssetKey:
-    return dg.AssetKey(["activate", destination_key])
+    return sync_asset_key_for(destination_key)
 
 
 def launch(

@@ -94,7 +94,7 @@ def test_duplicate_and_null_keys_and_required_nulls_always_block(warehouse: Path
         connection.execute(f"UPDATE {mart} SET email = NULL WHERE contact_id IN ('C0003', 'C0004')")
     counts = _measure(warehouse, destination)
     assert (counts.duplicate_keys, counts.null_keys, counts.null_required) == (1, 1, {"email": 2})
-    found = violations(counts, destination.guards, destination)
+    found = violations(counts, destination)
     assert any("NON_UNIQUE_PRIMARY_KEY" in f for f in found)
     assert any("without primary key" in f for f in found)
     assert any("required column email null" in f for f in found)
@@ -120,7 +120,7 @@ def test_thresholds_under_and_over(guards: dict, blocked: bool) -> None:
     counts = GuardCounts(
         rows=99, snapshot_rows=100, added=1, changed=4, removed=2, duplicate_keys=0, null_keys=0
     )
-    assert bool(violations(counts, destination.guards, destination)) is blocked
+    assert bool(violations(counts, destination)) is blocked
 
 
 def test_missing_warehouse_names_the_file(tmp_path: Path) -> None:
@@ -264,5 +264,5 @@ def test_same_counts_on_postgres(postgres_server, monkeypatch: pytest.MonkeyPatc
         connection.close()
     assert (counts.added, counts.changed, counts.removed) == (0, 5, 2)
     assert counts.null_required == {"email": 1}
-    found = violations(counts, destination.guards, destination)
+    found = violations(counts, destination)
     assert any("5 rows would be changed, more than max_changed_rows=3" in f for f in found)
