@@ -18,7 +18,6 @@ PostgreSQL with `ACTIVATION_DBT_TARGET=postgres`. Connections are short-lived, a
 DuckDB, which lets one process write only while no other holds the file.
 """
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import dagster as dg
 import duckdb
 
 from activation.destinations import Destination
+from activation.environment import postgres_settings
 from activation.paths import warehouse_path, warehouse_target
 from activation.transform import mart_asset_key
 
@@ -37,12 +37,6 @@ GUARD_CHECK_PREFIX = "guard_"
 STATE_SCHEMA = "activation_state"
 MART_SCHEMA = "marts"
 _CONNECT_ATTEMPTS = 8
-_POSTGRES_VARIABLES = (
-    "ACTIVATION_PG_HOST",
-    "ACTIVATION_PG_USER",
-    "ACTIVATION_PG_PASSWORD",
-    "ACTIVATION_PG_DATABASE",
-)
 
 
 class WarehouseError(RuntimeError):
@@ -120,24 +114,10 @@ def _postgres() -> Iterator[Session]:
     here at run time and never logged)."""
     import psycopg2
 
-    missing = [name for name in _POSTGRES_VARIABLES if not os.environ.get(name, "").strip()]
-    if missing:
-        raise WarehouseError(
-            "ACTIVATION_DBT_TARGET=postgres needs these environment variables, which are not "
-            "set: " + ", ".join(missing)
-        )
-    host = os.environ["ACTIVATION_PG_HOST"].strip()
-    database = os.environ["ACTIVATION_PG_DATABASE"].strip()
+    settings = postgres_settings(WarehouseError)
+    host, database = settings.host, settings.database
     try:
-        connection = psycopg2.connect(
-            host=host,
-            port=int(os.environ.get("ACTIVATION_PG_PORT", "").strip() or "5432"),
-            user=os.environ["ACTIVATION_PG_USER"].strip(),
-            password=os.environ["ACTIVATION_PG_PASSWORD"],
-            dbname=database,
-            sslmode=os.environ.get("ACTIVATION_PG_SSLMODE", "").strip() or "prefer",
-            connect_timeout=10,
-        )
+        connection = psycopg2.connect(**settings.connect_arguments())
     except psycopg2.OperationalError as error:
         raise WarehouseError(
             f"could not connect to the warehouse database {database} on {host}: "

@@ -35,11 +35,11 @@ import pytest
 
 from activation.demo import run_chain, sandbox_environment
 from activation.destinations import load_destinations
+from activation.environment import POSTGRES_VARIABLES
 from activation.paths import DBT_PROJECT_DIR, PROJECT_ROOT
 from activation.sandbox.context import SandboxStore
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.warehouse import (
-    POSTGRES_VARIABLES,
     MartUnavailableError,
     WarehouseSettingError,
     open_warehouse,

@@ -17,7 +17,6 @@ VARCHAR and the mapped columns keeping their types, so the sync plan is the same
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import tempfile
 import time
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
+from activation.environment import postgres_settings
+
 if TYPE_CHECKING:
     from activation.sandbox.context import SandboxStore
 
@@ -37,12 +38,6 @@ FIRST_DELAY_SECONDS = 0.1
 MAX_DELAY_SECONDS = 1.0
 RAW_SCHEMA = "raw"
 MARTS_SCHEMA = "marts"
-POSTGRES_VARIABLES = (
-    "ACTIVATION_PG_HOST",
-    "ACTIVATION_PG_USER",
-    "ACTIVATION_PG_PASSWORD",
-    "ACTIVATION_PG_DATABASE",
-)
 _aliases = itertools.count(1)
 
 
@@ -212,22 +207,14 @@ class PostgresWarehouse:
     @classmethod
     def from_environment(cls) -> PostgresWarehouse:
         """From the variables dbt's `postgres` profile reads; names every one that is missing."""
-        missing = [name for name in POSTGRES_VARIABLES if not os.environ.get(name, "").strip()]
-        if missing:
-            raise WarehouseSettingError(
-                "ACTIVATION_DBT_TARGET=postgres needs these environment variables, which are not "
-                "set: " + ", ".join(missing)
-            )
-        port = os.environ.get("ACTIVATION_PG_PORT", "").strip() or "5432"
-        if not port.isdigit():
-            raise WarehouseSettingError(f"ACTIVATION_PG_PORT must be a port number, got {port!r}")
+        settings = postgres_settings(WarehouseSettingError)
         return cls(
-            host=os.environ["ACTIVATION_PG_HOST"].strip(),
-            port=int(port),
-            user=os.environ["ACTIVATION_PG_USER"].strip(),
-            database=os.environ["ACTIVATION_PG_DATABASE"].strip(),
-            password=os.environ["ACTIVATION_PG_PASSWORD"],
-            sslmode=os.environ.get("ACTIVATION_PG_SSLMODE", "").strip() or "prefer",
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            database=settings.database,
+            password=settings.password,
+            sslmode=settings.sslmode,
         )
 
     def __str__(self) -> str:
