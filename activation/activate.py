@@ -11,7 +11,7 @@ import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
 
-from activation.destinations import Destination
+from activation.destinations import Destination, sync_asset_key_for
 from activation.gate import PagerDutyResource, enforce_gate
 from activation.resources import HightouchResource, SlackWebhookResource
 from activation.sync_step import SyncOptions, run_destination_sync
@@ -27,10 +27,6 @@ PARALLEL_SYNCS = dg.multiprocess_executor.configured({"max_concurrent": 16})
 
 def sync_asset_key(destination: Destination) -> dg.AssetKey:
     return sync_asset_key_for(destination.key)
-
-
-def sync_asset_key_for(destination_key: str) -> dg.AssetKey:
-    return dg.AssetKey(["activate", destination_key])
 
 
 class SyncRunConfig(dg.Config):

@@ -12,10 +12,19 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+import dagster as dg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activation.paths import destinations_file
+
+SYNC_KEY_PREFIX = "activate"
+
+
+def sync_asset_key_for(destination_key: str) -> dg.AssetKey:
+    """`activate/<key>`: the asset of a destination's Hightouch sync (one place builds it)."""
+    return dg.AssetKey([SYNC_KEY_PREFIX, destination_key])
+
 
 DestinationType = Literal["salesforce", "hubspot", "iterable", "braze"]
 _IDENTIFIER = r"^[a-z][a-z0-9_]*$"

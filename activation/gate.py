@@ -23,12 +23,11 @@ from functools import cache
 import dagster as dg
 from dagster_shared.check import CheckError
 
-from activation.destinations import Destination
+from activation.destinations import Destination, sync_asset_key_for
 from activation.guards import GUARD_CHECK_PREFIX, guard_check_name
 from activation.paging import GatePager, PagerDutyResource
 from activation.paths import destinations_file, warehouse_path
 from activation.resources import SlackWebhookResource
-from activation.run_summary import sync_key_of
 
 __all__ = ["GateClosed", "PagerDutyResource", "enforce_gate", "gate_refusals"]
 
@@ -315,7 +314,7 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
         run_id = context.dagster_run.run_id
         repository = context.repository_def
         for destination in destinations:
-            key = sync_key_of(destination.key)
+            key = sync_asset_key_for(destination.key)
             pager = GatePager(
                 context.instance,
                 context.log,

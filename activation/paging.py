@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from activation.destinations import Destination
+from activation.destinations import Destination, sync_asset_key_for
 from activation.environment import sandbox_url
 from activation.notify import NotificationError, post_json
 
@@ -172,6 +172,11 @@ def tell_slack(log: dg.DagsterLogManager, slack: object | None, text: str) -> bo
         return False
 
 
+def sync_failure_key(destination: Destination) -> str:
+    """The one incident per destination for its failed syncs (resolved when it syncs again)."""
+    return dedup_key(sync_asset_key_for(destination.key), "sync_failed")
+
+
 def page_sync_failure(
     log: dg.DagsterLogManager,
     pagerduty: PagerDutyResource,
@@ -188,7 +193,7 @@ def page_sync_failure(
     failures update one incident and `resolve_page` with that key closes it. Returns whether the
     page was delivered. Never raises.
     """
-    key = dedup_key(dg.AssetKey(["activate", destination.key]), "sync_failed")
+    key = sync_failure_key(destination)
     summary = f"Hightouch sync {destination.key} failed (Dagster run {dagster_run_id}): {reason}"
     if slack is not None:
         tell_slack(log, slack, f"{destination.owner.slack_channel}: {summary}")

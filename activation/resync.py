@@ -22,7 +22,7 @@ from dagster import OpExecutionContext
 from pydantic import Field
 
 from activation.activate import PARALLEL_SYNCS
-from activation.destinations import Destination
+from activation.destinations import Destination, sync_asset_key_for
 from activation.gate import GateClosed, gate_refusals, repository_for_gate
 from activation.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.paging import PagerDutyResource, page_sync_failure
@@ -32,7 +32,6 @@ from activation.run_summary import (
     ONE_OFF_RESYNC_JOB,
     outcome_from_metadata,
     summary_table,
-    sync_key_of,
 )
 from activation.sync_step import SyncOptions, run_destination_sync
 
@@ -92,7 +91,7 @@ def sync_in_op(
     extra_metadata: dict[str, object] | None = None,
 ) -> SyncOutcome:
     """Gate, sync and record one destination from an op; failures come back as an outcome."""
-    key = sync_key_of(destination.key)
+    key = sync_asset_key_for(destination.key)
     refusals = gate_refusals(
         context.instance,
         repository_for_gate(context),

@@ -19,21 +19,16 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from activation.destinations import Destination
+from activation.destinations import SYNC_KEY_PREFIX, Destination, sync_asset_key_for
 from activation.notify import NotificationError, SyncOutcome, sync_summary_message
-from activation.paging import PagerDutyResource, dedup_key, page_sync_failure, resolve_page
+from activation.paging import PagerDutyResource, page_sync_failure, resolve_page, sync_failure_key
 from activation.resources import SlackWebhookResource
 
-REPORT_KEY = dg.AssetKey(["activate", "activation_report"])
+REPORT_KEY = dg.AssetKey([SYNC_KEY_PREFIX, "activation_report"])
 FULL_RESYNC_JOB = "full_resync"
 ONE_OFF_RESYNC_JOB = "resync_destination"
 # These jobs post their own summary (their failures are collected, not raised per step).
 SELF_REPORTING_JOBS = frozenset({FULL_RESYNC_JOB, ONE_OFF_RESYNC_JOB})
-_SYNC_PREFIX = "activate"
-
-
-def sync_key_of(destination_key: str) -> dg.AssetKey:
-    return dg.AssetKey([_SYNC_PREFIX, destination_key])
 
 
 @dataclass(frozen=True)
@@ -98,19 +93,19 @@ def summarize_run(
         # the job, a planned sync with no outcome was skipped.
         if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED" and event.asset_key:
             path = event.asset_key.path
-            if len(path) == 2 and path[0] == _SYNC_PREFIX and path[1] in by_key:
+            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
                 planned.add(path[1])
         materialization = entry.asset_materialization
         if materialization is not None:
             path = materialization.asset_key.path
-            if len(path) == 2 and path[0] == _SYNC_PREFIX and path[1] in by_key:
+            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
                 synced[path[1]] = outcome_from_metadata(path[1], materialization.metadata)
         if event.is_step_failure and event.step_failure_data is not None:
             data = event.step_failure_data
             meta = dict(data.user_failure_data.metadata) if data.user_failure_data else {}
             key_value = meta.get("destination")
             key = str(key_value.value) if key_value is not None else None
-            if key is None and (event.step_key or "").startswith(f"{_SYNC_PREFIX}__"):
+            if key is None and (event.step_key or "").startswith(f"{SYNC_KEY_PREFIX}__"):
                 key = (event.step_key or "").split("__", 1)[1]
             if key not in by_key:
                 continue
@@ -187,7 +182,7 @@ def report_run(
             )
     for key, status in report.statuses.items():
         if pagerduty is not None and status != "failed" and previous.get(key) == "failed":
-            resolve_page(log, pagerduty, by_key[key], dedup_key(sync_key_of(key), "sync_failed"))
+            resolve_page(log, pagerduty, by_key[key], sync_failure_key(by_key[key]))
     statuses = {**previous, **report.statuses}
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
@@ -219,7 +214,7 @@ def summary_table(outcomes: Sequence[SyncOutcome]) -> str:
 def build_report_spec(destinations: Sequence[Destination]) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=REPORT_KEY,
-        deps=[sync_key_of(d.key) for d in destinations],
+        deps=[sync_asset_key_for(d.key) for d in destinations],
         group_name="activate",
         kinds={"slack"},
         description="One summary per run that synced: each destination's status, row counts "

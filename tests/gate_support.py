@@ -11,9 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from activation.activate import sync_asset_key_for
 from activation.demo import prepare_dbt_manifest, sandbox_environment
-from activation.destinations import load_destinations
+from activation.destinations import load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
 
 ROUTING_KEYS = {
