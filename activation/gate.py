@@ -226,7 +226,9 @@ def gate_refusals(
     return refusals
 
 
-def repository_for_gate(context: dg.AssetExecutionContext) -> dg.RepositoryDefinition:
+def repository_for_gate(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+) -> dg.RepositoryDefinition:
     """The code location's repository, where every check definition lives.
 
     A run launched by the webserver, a sensor or the daemon carries it. `execute_in_process`
@@ -257,7 +259,7 @@ def _loaded_repository(sandbox: str, destinations: str, warehouse: str) -> dg.Re
 
 
 def enforce_gate(
-    context: dg.AssetExecutionContext,
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
     destination: Destination,
     *,
     pagerduty: PagerDutyResource | None = None,
@@ -267,9 +269,10 @@ def enforce_gate(
     data the mart holds now. Call it first in a sync asset, before any request to Hightouch.
 
     `pagerduty` / `slack` are the resources used to page the owner on a refusal (and resolve the
-    page once the checks pass); without them the gate still holds and says paging is off.
+    page once the checks pass); without them the gate still holds and says paging is off. The
+    sync asset step and the resync jobs' ops both call it (the key comes from the destination).
     """
-    sync_key = context.asset_key
+    sync_key = sync_asset_key_for(destination.key)
     refusals = gate_refusals(context.instance, repository_for_gate(context), destination, sync_key)
     pager = GatePager.from_step(context, destination, pagerduty=pagerduty, slack=slack)
     if not refusals:
@@ -282,7 +285,9 @@ def enforce_gate(
     raise closed
 
 
-def _never_fail(context: dg.AssetExecutionContext, notify: Callable[[], None]) -> None:
+def _never_fail(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, notify: Callable[[], None]
+) -> None:
     """Paging must not decide the gate: an unexpected error there is logged, not raised."""
     try:
         notify()

@@ -229,7 +229,7 @@ class GatePager:
     @classmethod
     def from_step(
         cls,
-        context: dg.AssetExecutionContext,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
         destination: Destination,
         *,
         pagerduty: PagerDutyResource | None,
@@ -239,7 +239,7 @@ class GatePager:
             context.instance,
             context.log,
             destination,
-            sync_key=context.asset_key,
+            sync_key=sync_asset_key_for(destination.key),
             run_id=context.run.run_id,
             record=context.log_event,
             pagerduty=pagerduty,

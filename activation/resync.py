@@ -23,7 +23,7 @@ from pydantic import Field
 
 from activation.activate import PARALLEL_SYNCS
 from activation.destinations import Destination, sync_asset_key_for
-from activation.gate import GateClosed, gate_refusals, repository_for_gate
+from activation.gate import GateClosed, enforce_gate
 from activation.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.paging import PagerDutyResource, page_sync_failure
 from activation.resources import HightouchResource, SlackWebhookResource
@@ -89,18 +89,16 @@ def sync_in_op(
     hightouch: HightouchResource,
     options: SyncOptions,
     extra_metadata: dict[str, object] | None = None,
+    *,
+    pagerduty: PagerDutyResource,
+    slack: SlackWebhookResource,
 ) -> SyncOutcome:
-    """Gate, sync and record one destination from an op; failures come back as an outcome."""
+    """Gate, sync and record one destination from an op; failures come back as an outcome.
+    A gate refusal pages the owner exactly as it does for the sync asset."""
     key = sync_asset_key_for(destination.key)
-    refusals = gate_refusals(
-        context.instance,
-        repository_for_gate(context),
-        destination,
-        key,  # type: ignore[arg-type]
-    )
-    if refusals:
-        closed = GateClosed(destination, refusals)
-        context.log.error(closed.description or "gate closed")
+    try:
+        enforce_gate(context, destination, pagerduty=pagerduty, slack=slack)
+    except GateClosed as closed:
         return SyncOutcome(destination.key, "blocked", None, None, detail=closed.description or "")
     try:
         metadata = run_destination_sync(context, destination, hightouch, options, key)
@@ -224,6 +222,8 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
         def resync_one(
             context: OpExecutionContext,
             hightouch: HightouchResource,
+            pagerduty: PagerDutyResource,
+            slack: SlackWebhookResource,
             settings: dict,
             earlier: list,
         ) -> SyncOutcome:
@@ -242,7 +242,15 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
                     detail=f"runs after {', '.join(broken)}, which did not sync",
                 )
             options = SyncOptions(full_resync=settings["full_resync"])
-            return sync_in_op(context, destination, hightouch, options, {"wave": wave})
+            return sync_in_op(
+                context,
+                destination,
+                hightouch,
+                options,
+                {"wave": wave},
+                pagerduty=pagerduty,
+                slack=slack,
+            )
 
         return resync_one
 
@@ -341,7 +349,11 @@ def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition
             description=f"Resync {destination.key} when the request names it.",
         )
         def resync_one(
-            context: OpExecutionContext, hightouch: HightouchResource, request: dict
+            context: OpExecutionContext,
+            hightouch: HightouchResource,
+            pagerduty: PagerDutyResource,
+            slack: SlackWebhookResource,
+            request: dict,
         ) -> SyncOutcome:
             if request["destination"] != destination.key:
                 return SyncOutcome(destination.key, "not selected", None, None)
@@ -355,6 +367,8 @@ def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition
                     "requested_by": request["requested_by"],
                     "dagster_user": request["dagster_user"],
                 },
+                pagerduty=pagerduty,
+                slack=slack,
             )
 
         return resync_one
