@@ -150,6 +150,9 @@ class HightouchClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_requests_per_second: float = 0.0,
+        poll_interval: float = 0.5,
+        max_poll_interval: float = 30.0,
+        poll_timeout: float = 3600.0,
     ) -> None:
         if not token:
             raise HightouchError("the Hightouch API token is empty (HIGHTOUCH_API_TOKEN)")
@@ -168,6 +171,9 @@ class HightouchClient:
         # This client's share of the workspace rate limit (0: unlimited); 429s remain the backstop.
         self._spacing = 1.0 / max_requests_per_second if max_requests_per_second > 0 else 0.0
         self._next_request_at = 0.0
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.poll_timeout = poll_timeout
 
     def close(self) -> None:
         self._http.close()
@@ -359,9 +365,9 @@ class HightouchClient:
         sync_id: str,
         run_id: str,
         *,
-        poll_interval: float = 0.5,
-        max_poll_interval: float = 30.0,
-        poll_timeout: float = 3600.0,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        poll_timeout: float | None = None,
     ) -> SyncRun:
         """Poll until the run ends; raises when it fails or the timeout passes.
 
@@ -370,8 +376,13 @@ class HightouchClient:
         completion ratio, the end is estimated from the progress rate and the next read is placed
         just before it, so a finished run is noticed quickly with few requests.
         """
+        # Unset: the client's own settings (the resource passes them in).
+        poll_timeout = self.poll_timeout if poll_timeout is None else poll_timeout
         deadline = time.monotonic() + poll_timeout
-        schedule = PollSchedule(poll_interval, max_poll_interval)
+        schedule = PollSchedule(
+            self.poll_interval if poll_interval is None else poll_interval,
+            self.max_poll_interval if max_poll_interval is None else max_poll_interval,
+        )
         warned_statuses: set[str] = set()
         while True:
             run = self.get_run(sync_id, run_id)

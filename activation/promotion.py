@@ -132,13 +132,7 @@ def _run_sync(
         sync_id = _sync_id(client, reference)
         run_id = client.trigger(sync_id, full_resync=full)
         context.log.info(f"Triggered Hightouch run {run_id} of sync {sync_id}")
-        run = client.wait_for_run(
-            sync_id,
-            run_id,
-            poll_interval=hightouch.poll_interval_seconds,
-            max_poll_interval=hightouch.max_poll_interval_seconds,
-            poll_timeout=hightouch.poll_timeout_seconds,
-        )
+        run = client.wait_for_run(sync_id, run_id)
         url = client.run_url(sync_id, run_id)
         return RunSummary.of(run, url), sync_run_metadata(run, url)
 

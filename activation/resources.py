@@ -56,6 +56,9 @@ class HightouchResource(dg.ConfigurableResource):
             read_timeout=self.read_timeout_seconds,
             max_retries=self.max_retries,
             max_requests_per_second=self.max_requests_per_second,
+            poll_interval=self.poll_interval_seconds,
+            max_poll_interval=self.max_poll_interval_seconds,
+            poll_timeout=self.poll_timeout_seconds,
         )
 
 

@@ -196,7 +196,7 @@ def run_destination_sync(
     """
     with hightouch.get_client() as client:
         try:
-            return _sync(context, key, destination, hightouch, client, options)
+            return _sync(context, key, destination, client, options)
         except HightouchRunFailed as error:
             # Only an interrupted run (Hightouch's own infrastructure stopped it) is worth a new
             # trigger from a step retry. A failed run is the destination's verdict and a
@@ -223,10 +223,9 @@ def _sync(
     context: StepContext,
     key: dg.AssetKey,
     destination: Destination,
-    hightouch: HightouchResource,
     client: HightouchClient,
     options: SyncOptions,
-) -> dg.MaterializeResult:
+) -> dict[str, dg.MetadataValue]:
     sync_id = destination.sync_id or client.resolve_sync_id(destination.sync_slug or "")
     run_id = find_run_to_follow(context, key, client, sync_id)
     if run_id is None:
@@ -239,13 +238,7 @@ def _sync(
             f"Triggered Hightouch run {run_id} of sync {sync_id}"
             + (" (full resync)" if options.full_resync else "")
         )
-    run = client.wait_for_run(
-        sync_id,
-        run_id,
-        poll_interval=hightouch.poll_interval_seconds,
-        max_poll_interval=hightouch.max_poll_interval_seconds,
-        poll_timeout=hightouch.poll_timeout_seconds,
-    )
+    run = client.wait_for_run(sync_id, run_id)
     url = client.run_url(sync_id, run_id)
     metadata = sync_run_metadata(run, url)
     context.log.info(
