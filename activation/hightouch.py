@@ -2,14 +2,18 @@
 
 It triggers a sync by id or slug, then polls the run it triggered until the run ends. Timeouts are
 set on every request; 429, 5xx and transport errors are retried with backoff; other 4xx fail at
-once with a message saying what to check. The API token is only ever placed in the Authorization
-header: it is never logged and never part of an error message.
+once with a message saying what to check. An answer of the wrong shape (not JSON, a list where
+an object belongs, a run without an id, a non-numeric completion ratio) and an unusable Retry-After
+are treated like a server error: retried, then `HightouchUnavailable`, never a crash. The API token
+is only ever placed in the Authorization header: it is never logged and never part of an error
+message (httpx's own request log is redacted by `activation.redaction`).
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -19,17 +23,34 @@ from typing import Any
 
 import httpx
 
+from activation.redaction import install_http_log_redaction
+
 logger = logging.getLogger(__name__)
+
+install_http_log_redaction()
 
 TERMINAL_SUCCESS = frozenset({"success", "warning", "completed_with_errors"})
 TERMINAL_FAILURE = frozenset({"failed", "cancelled", "interrupted"})
 IN_FLIGHT = frozenset({"queued", "querying", "processing", "reporting", "pending"})
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _SKEW = timedelta(seconds=2)
+# What a parser may still raise on an odd answer; their messages can quote the answer, so only
+# `HightouchMalformedAnswer`'s (which names fields, not values) reaches the log.
+_PARSE_SLIPS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
 class HightouchError(RuntimeError):
     """The Hightouch API refused a request or a sync run did not succeed."""
+
+
+class HightouchUnavailable(HightouchError):
+    """No usable answer after the retries (5xx, 429, transport errors, malformed answers):
+    transient, so a later attempt may succeed."""
+
+
+class HightouchMalformedAnswer(HightouchError):
+    """An answer of the wrong shape; retried like a server error. The message names the field,
+    never its value."""
 
 
 class HightouchRequestRefused(HightouchError):
@@ -59,12 +80,15 @@ class RowCounts:
     removed: int = 0
 
     @classmethod
-    def from_api(cls, value: object) -> RowCounts:
-        counts = value if isinstance(value, Mapping) else {}
+    def from_api(cls, value: object, name: str = "row counts") -> RowCounts:
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise HightouchMalformedAnswer(f"{name} is not an object")
         return cls(
-            added=int(counts.get("addedCount") or 0),
-            changed=int(counts.get("changedCount") or 0),
-            removed=int(counts.get("removedCount") or 0),
+            added=_count(value.get("addedCount"), f"{name}.addedCount"),
+            changed=_count(value.get("changedCount"), f"{name}.changedCount"),
+            removed=_count(value.get("removedCount"), f"{name}.removedCount"),
         )
 
     @property
@@ -90,20 +114,29 @@ class SyncRun:
     failed: RowCounts
 
     @classmethod
-    def from_api(cls, sync_id: str, data: Mapping[str, Any]) -> SyncRun:
+    def from_api(cls, sync_id: str, data: object) -> SyncRun:
+        """Raises `HightouchMalformedAnswer` when a field has the wrong type; absent fields take
+        their defaults. A `completionRatio` of "abc" or {} is malformed; an absent or null one
+        only says no progress is known (the spec calls it a number, but a null for a queued run
+        must not turn every poll into a retry), so it reads as 0."""
+        if not isinstance(data, Mapping):
+            raise HightouchMalformedAnswer("a run is not an object")
+        ratio = _number(data.get("completionRatio"), "completionRatio") or 0.0
+        error = data.get("error")
         return cls(
-            id=str(data["id"]),
+            id=_identifier(data.get("id"), "run id"),
             sync_id=sync_id,
-            status=str(data.get("status") or "unknown"),
-            created_at=data.get("createdAt"),
-            started_at=data.get("startedAt"),
-            finished_at=data.get("finishedAt"),
-            query_size=int(data.get("querySize") or 0),
-            completion_ratio=float(data.get("completionRatio") or 0.0),
-            error=data.get("error") or None,
-            planned=RowCounts.from_api(data.get("plannedRows")),
-            successful=RowCounts.from_api(data.get("successfulRows")),
-            failed=RowCounts.from_api(data.get("failedRows")),
+            status=_optional_text(data.get("status"), "status") or "unknown",
+            created_at=_optional_text(data.get("createdAt"), "createdAt"),
+            started_at=_optional_text(data.get("startedAt"), "startedAt"),
+            finished_at=_optional_text(data.get("finishedAt"), "finishedAt"),
+            query_size=_count(data.get("querySize"), "querySize"),
+            completion_ratio=ratio,
+            # Only ever shown to people, so an odd type is kept as text rather than refused.
+            error=str(error) if error not in (None, "") else None,
+            planned=RowCounts.from_api(data.get("plannedRows"), "plannedRows"),
+            successful=RowCounts.from_api(data.get("successfulRows"), "successfulRows"),
+            failed=RowCounts.from_api(data.get("failedRows"), "failedRows"),
         )
 
     @property
@@ -111,20 +144,89 @@ class SyncRun:
         return self.status in TERMINAL_SUCCESS or self.status in TERMINAL_FAILURE
 
 
-def retry_delay(attempt: int, response: httpx.Response | None, *, base: float, cap: float) -> float:
-    """Seconds to wait before retry `attempt` (1-based): Retry-After when given, else backoff.
+def _identifier(value: object, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise HightouchMalformedAnswer(f"{name} is missing or not a string or integer")
+    return str(value).strip()
 
-    Retry-After may be seconds or an HTTP date. Without it: exponential backoff with full jitter,
-    so many clients throttled together do not retry in lockstep.
+
+def _optional_text(value: object, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    raise HightouchMalformedAnswer(f"{name} is not a string")
+
+
+def _number(value: object, name: str) -> float | None:
+    """A finite number (numeric strings too), None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise HightouchMalformedAnswer(f"{name} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise HightouchMalformedAnswer(f"{name} is not a number") from None
+    if not math.isfinite(number):
+        raise HightouchMalformedAnswer(f"{name} is not a finite number")
+    return number
+
+
+def _count(value: object, name: str) -> int:
+    number = _number(value, name)
+    if number is None:
+        return 0
+    if number < 0 or not number.is_integer():
+        raise HightouchMalformedAnswer(f"{name} is not a row count")
+    return int(number)
+
+
+def _items(data: object, what: str) -> list[Mapping[str, Any]]:
+    """The `data` list of a list answer (`{"data": [...]}`), each item an object."""
+    items = data.get("data") if isinstance(data, Mapping) else None
+    if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+        raise HightouchMalformedAnswer(f"the answer is not {{'data': [{what}]}}")
+    return items
+
+
+def _trigger_answer(data: object) -> str:
+    if not isinstance(data, Mapping):
+        raise HightouchMalformedAnswer("the answer is not an object")
+    return _identifier(data.get("id"), "run id")
+
+
+def retry_after_seconds(response: httpx.Response | None) -> float | None:
+    """Retry-After in seconds from now: delta seconds (fractions allowed) or an HTTP date.
+
+    None when absent or unusable (negative, not finite, not a number nor a date): the caller
+    then backs off on its own schedule, as if the header were not there.
     """
-    header = response.headers.get("Retry-After") if response is not None else None
-    if header:
-        header = header.strip()
-        if header.isdigit():
-            return min(float(header), cap)
-        parsed = email.utils.parsedate_to_datetime(header) if header else None
-        if parsed is not None:
-            return min(max(parsed.timestamp() - time.time(), 0.0), cap)
+    header = (response.headers.get("Retry-After") or "").strip() if response is not None else ""
+    if not header:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        parsed = email.utils.parsedate_to_datetime(header)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return max(parsed.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError, AttributeError):
+        return None
+
+
+def retry_delay(attempt: int, response: httpx.Response | None, *, base: float, cap: float) -> float:
+    """Seconds to wait before retry `attempt` (1-based): a usable Retry-After, else backoff.
+
+    Backoff is exponential with full jitter, so many clients throttled together do not retry in
+    lockstep.
+    """
+    honoured = retry_after_seconds(response)
+    if honoured is not None:
+        return min(honoured, cap)
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
@@ -207,9 +309,9 @@ class HightouchClient:
     ) -> Any:
         """One API call with retries; `what` names the call in errors ("trigger sync 101").
 
-        `parse` turns the JSON answer into the result (a KeyError or TypeError there counts as a
-        malformed answer, retried); `before_retry`, when given, runs before every retry and ends
-        the call with its result when that is not None.
+        `parse` turns the JSON answer into the result; `HightouchMalformedAnswer` there (or one
+        of `_PARSE_SLIPS`) counts as a malformed answer, retried. `before_retry`, when given, runs
+        before every retry and ends the call with its result when that is not None.
         """
         last_problem = ""
         for attempt in range(1, self.max_retries + 2):
@@ -221,14 +323,16 @@ class HightouchClient:
             try:
                 self._take_budget()
                 response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as error:
+            except httpx.RequestError as error:
+                # TransportError, and DecodingError for a body that does not match its encoding.
                 last_problem = f"{type(error).__name__}"
             else:
                 if response.status_code < 400:
                     try:
                         return parse(response.json())
-                    except (ValueError, KeyError, TypeError):
-                        last_problem = f"HTTP {response.status_code} with a malformed answer"
+                    except (HightouchMalformedAnswer, *_PARSE_SLIPS) as error:
+                        why = f": {error}" if isinstance(error, HightouchMalformedAnswer) else ""
+                        last_problem = f"HTTP {response.status_code} with a malformed answer{why}"
                 elif response.status_code in _RETRYABLE_STATUS:
                     last_problem = f"HTTP {response.status_code}"
                 else:
@@ -245,7 +349,7 @@ class HightouchClient:
                 delay,
             )
             self._sleep(delay)
-        raise HightouchError(
+        raise HightouchUnavailable(
             f"Hightouch {what}: gave up after {self.max_retries + 1} attempts ({last_problem})"
         )
 
@@ -257,23 +361,31 @@ class HightouchClient:
             404: "check the sync id or slug in destinations.yaml: Hightouch does not know it",
         }.get(response.status_code, "the request was refused; check the sync's configuration")
         try:
-            detail = response.json().get("message") or response.text[:200]
+            answer = response.json()
         except ValueError:
-            detail = response.text[:200]
+            answer = None
+        message = answer.get("message") if isinstance(answer, Mapping) else None
+        detail = str(message)[:200] if message else response.text[:200]
         return f"Hightouch {what}: HTTP {response.status_code} ({detail}); {hint}"
 
     # -- API --------------------------------------------------------------------------------------
 
     def resolve_sync_id(self, sync_slug: str) -> str:
         """The id of the sync with this slug (runs are read by sync id)."""
-        data = self._request("GET", "/syncs", params={"slug": sync_slug}, what=f"find {sync_slug}")
-        matches = [s for s in data.get("data") or [] if s.get("slug") == sync_slug]
-        if not matches:
+
+        def parse(data: object) -> str | None:
+            matches = [s for s in _items(data, "sync") if s.get("slug") == sync_slug]
+            return _identifier(matches[0].get("id"), "sync id") if matches else None
+
+        sync_id = self._request(
+            "GET", "/syncs", params={"slug": sync_slug}, what=f"find {sync_slug}", parse=parse
+        )
+        if sync_id is None:
             raise HightouchRequestRefused(
                 f"Hightouch has no sync with slug {sync_slug!r}; check sync_slug in "
                 "destinations.yaml"
             )
-        return str(matches[0]["id"])
+        return sync_id
 
     def trigger(self, sync_id: str, *, full_resync: bool = False, reset_cdc: bool = False) -> str:
         """Start a run of the sync; returns the new run's id.
@@ -305,7 +417,7 @@ class HightouchClient:
                 f"/syncs/{sync_id}/trigger",
                 json=body,
                 what=what,
-                parse=lambda data: str(data["id"]),
+                parse=_trigger_answer,
                 before_retry=adopt_started_run,
             )
         except HightouchRequestRefused:
@@ -314,21 +426,17 @@ class HightouchClient:
             adopted = adopt_started_run()
             if adopted is not None:
                 return adopted
-            raise HightouchError(f"{error}; no run of the sync was started") from None
+            raise HightouchUnavailable(f"{error}; no run of the sync was started") from None
 
     def recent_runs(self, sync_id: str, *, limit: int = 5) -> list[SyncRun]:
         """The sync's newest runs, newest first (an empty list is a valid answer)."""
-        data = self._request(
+        runs: list[SyncRun] = self._request(
             "GET",
             f"/syncs/{sync_id}/runs",
             params={"limit": limit, "orderBy": "createdAt"},
             what=f"list runs of sync {sync_id}",
+            parse=lambda data: [SyncRun.from_api(sync_id, item) for item in _items(data, "run")],
         )
-        runs = [
-            SyncRun.from_api(sync_id, item)
-            for item in data.get("data") or []
-            if isinstance(item, Mapping) and item.get("id") is not None
-        ]
         return sorted(runs, key=lambda run: run.created_at or "", reverse=True)
 
     def _run_created_since(self, sync_id: str, since: datetime) -> SyncRun | None:
@@ -346,16 +454,18 @@ class HightouchClient:
 
     def get_run(self, sync_id: str, run_id: str) -> SyncRun | None:
         """The run, or None while Hightouch does not list it yet."""
-        data = self._request(
+
+        def parse(data: object) -> SyncRun | None:
+            runs = [SyncRun.from_api(sync_id, item) for item in _items(data, "run")]
+            return next((run for run in runs if run.id == run_id), None)
+
+        return self._request(
             "GET",
             f"/syncs/{sync_id}/runs",
             params={"runId": run_id},
             what=f"read run {run_id} of sync {sync_id}",
+            parse=parse,
         )
-        for item in data.get("data") or []:
-            if str(item.get("id")) == run_id:
-                return SyncRun.from_api(sync_id, item)
-        return None
 
     def run_url(self, sync_id: str, run_id: str) -> str:
         return f"{self.app_url}/syncs/{sync_id}/runs/{run_id}"
@@ -443,7 +553,7 @@ class PollSchedule:
 
 def parse_api_time(value: str | None) -> datetime | None:
     """An ISO-8601 timestamp as Hightouch sends it ("...Z"), in UTC; None when absent or bad."""
-    if not value:
+    if not value or not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from activation.redaction import install_http_log_redaction
+
 logger = logging.getLogger(__name__)
+
+install_http_log_redaction()
 
 
 class NotificationError(RuntimeError):
@@ -19,7 +23,8 @@ class NotificationError(RuntimeError):
 def post_json(url: str, body: dict, *, timeout: float, attempts: int, what: str) -> None:
     """POST `body` as JSON, retrying transport errors, 429 and 5xx with a short backoff.
 
-    Webhook URLs embed secrets, so neither logs nor errors ever include the URL.
+    Webhook URLs embed secrets, so neither logs nor errors ever include the URL; httpx's own
+    request log is redacted (`activation.redaction`).
     """
     problem = ""
     for attempt in range(1, attempts + 1):

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import respx
 
 from activation.hightouch import (
     HightouchClient,
     HightouchError,
+    HightouchRequestRefused,
+    HightouchUnavailable,
     PollSchedule,
     RowCounts,
+    SyncRun,
     retry_delay,
 )
 
@@ -212,3 +217,211 @@ def test_the_request_budget_spaces_requests() -> None:
     # Six requests at 20 per second need at least five gaps of 50 ms.
     assert time.monotonic() - started >= 0.25
     assert client.request_count == 6
+
+
+# -- odd answers: retried like a server error, never a crash ---------------------------------------
+# sync_step turns a HightouchError that is not a refusal, a poll timeout or a failed run into a
+# retryable dg.Failure; a ValueError or AttributeError would fail the step as a bug instead.
+
+BASE = "https://ht.test/api/v1"
+GOOD_RUN = {"id": "5", "status": "success", "completionRatio": 1.0}
+
+
+@pytest.fixture
+def hightouch() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+def _respx_client(slept: list[float] | None = None, **kwargs) -> HightouchClient:
+    record = slept.append if slept is not None else (lambda seconds: None)
+    return HightouchClient(BASE, TOKEN, sleep=record, backoff_base=0.5, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("1.5", 1.5), (" 2 ", 2.0), ("0", 0.0)],
+    ids=["fraction", "padded", "zero"],
+)
+def test_numeric_retry_after_is_honoured(header: str, expected: float) -> None:
+    assert retry_delay(1, _response(429, {"Retry-After": header}), base=0.5, cap=30) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["-1", "soon", "", "   ", "nan", "inf", "1e400", "Mon, 99 Foo 2026 99:99:99 GMT"],
+    ids=["negative", "word", "empty", "blank", "nan", "inf", "overflow", "bad-date"],
+)
+def test_unusable_retry_after_falls_back_to_the_backoff(header: str) -> None:
+    for attempt in (1, 3):
+        delay = retry_delay(attempt, _response(429, {"Retry-After": header}), base=0.5, cap=30)
+        assert 0 <= delay <= 0.5 * 2 ** (attempt - 1)
+
+
+@pytest.mark.parametrize("header", ["1.5", "-1", "soon", ""], ids=str)
+def test_a_throttled_call_with_an_odd_retry_after_is_retried(
+    hightouch: respx.MockRouter, header: str
+) -> None:
+    hightouch.get("/syncs/101/runs").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": header}),
+            httpx.Response(200, json={"data": [GOOD_RUN]}),
+        ]
+    )
+    slept: list[float] = []
+    runs = _respx_client(slept).recent_runs("101")
+    assert [run.id for run in runs] == ["5"]
+    assert len(slept) == 1
+    assert slept[0] == 1.5 if header == "1.5" else 0 <= slept[0] <= 0.5
+
+
+MALFORMED_RUN_ANSWERS = {
+    "list-not-object": httpx.Response(200, json=[GOOD_RUN]),
+    "data-is-text": httpx.Response(200, json={"data": "x"}),
+    "no-data": httpx.Response(200, json={"runs": [GOOD_RUN]}),
+    "item-not-object": httpx.Response(200, json={"data": ["5"]}),
+    "run-without-id": httpx.Response(200, json={"data": [{"status": "processing"}]}),
+    "run-id-null": httpx.Response(200, json={"data": [{"id": None, "status": "processing"}]}),
+    "not-json": httpx.Response(200, text="<html>upstream hiccup</html>"),
+    "empty-body": httpx.Response(200, content=b""),
+    "ratio-text": httpx.Response(
+        200, json={"data": [{"id": "5", "status": "processing", "completionRatio": "abc"}]}
+    ),
+    "ratio-object": httpx.Response(
+        200, json={"data": [{"id": "5", "status": "processing", "completionRatio": {}}]}
+    ),
+    "counts-text": httpx.Response(
+        200,
+        json={"data": [{"id": "5", "status": "processing", "plannedRows": {"addedCount": "x"}}]},
+    ),
+    "counts-list": httpx.Response(
+        200, json={"data": [{"id": "5", "status": "processing", "failedRows": [1]}]}
+    ),
+    "status-object": httpx.Response(200, json={"data": [{"id": "5", "status": {"x": 1}}]}),
+    "created-number": httpx.Response(200, json={"data": [{"id": "5", "createdAt": 17}]}),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_RUN_ANSWERS.values(), ids=MALFORMED_RUN_ANSWERS)
+def test_a_malformed_runs_answer_is_retried_then_the_good_one_used(
+    hightouch: respx.MockRouter, answer: httpx.Response
+) -> None:
+    route = hightouch.get("/syncs/101/runs").mock(
+        side_effect=[answer, httpx.Response(200, json={"data": [GOOD_RUN]})]
+    )
+    run = _respx_client().get_run("101", "5")
+    assert run is not None and run.status == "success"
+    assert route.call_count == 2
+    route.side_effect = [answer, httpx.Response(200, json={"data": [GOOD_RUN]})]
+    assert [run.id for run in _respx_client().recent_runs("101")] == ["5"]
+
+
+@pytest.mark.parametrize("answer", MALFORMED_RUN_ANSWERS.values(), ids=MALFORMED_RUN_ANSWERS)
+def test_a_runs_answer_that_stays_malformed_is_a_transient_hightouch_error(
+    hightouch: respx.MockRouter, answer: httpx.Response
+) -> None:
+    route = hightouch.get("/syncs/101/runs").mock(return_value=answer)
+    with pytest.raises(HightouchUnavailable, match="gave up after 3 attempts.*malformed") as error:
+        _respx_client(max_retries=2).wait_for_run("101", "5", poll_interval=0, poll_timeout=2)
+    assert route.call_count == 3
+    assert not isinstance(error.value, HightouchRequestRefused)
+    assert TOKEN not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, json=["77"]),
+        httpx.Response(200, json={"status": "queued"}),
+        httpx.Response(200, json={"id": None}),
+        httpx.Response(200, json={"id": {}}),
+        httpx.Response(200, json={"id": ""}),
+        httpx.Response(200, text="OK"),
+    ],
+    ids=["list", "no-id", "id-null", "id-object", "id-empty", "not-json"],
+)
+def test_a_malformed_trigger_answer_adopts_or_retries_without_crashing(
+    hightouch: respx.MockRouter, answer: httpx.Response
+) -> None:
+    trigger = hightouch.post("/syncs/101/trigger").mock(
+        side_effect=[answer, httpx.Response(200, json={"id": "77"})]
+    )
+    hightouch.get("/syncs/101/runs").mock(return_value=httpx.Response(200, json={"data": []}))
+    assert _respx_client().trigger("101") == "77"
+    assert trigger.call_count == 2
+
+    # The malformed 200 may well have started a run: it is adopted, not triggered again.
+    started = datetime.now(UTC).isoformat()
+    trigger.side_effect = [answer]
+    trigger.reset()
+    hightouch.get("/syncs/101/runs").mock(
+        return_value=httpx.Response(
+            200,
+            json={"data": [{"id": "88", "status": "queued", "createdAt": started}]},
+        )
+    )
+    assert _respx_client().trigger("101") == "88"
+    assert trigger.call_count == 1
+
+
+def test_a_malformed_list_while_adopting_is_still_a_transient_error(
+    hightouch: respx.MockRouter,
+) -> None:
+    hightouch.post("/syncs/101/trigger").mock(return_value=httpx.Response(502))
+    hightouch.get("/syncs/101/runs").mock(return_value=httpx.Response(200, json={"data": "x"}))
+    with pytest.raises(HightouchUnavailable, match="list runs of sync 101.*malformed"):
+        _respx_client(max_retries=1).trigger("101")
+
+
+def test_polling_survives_a_run_with_a_non_numeric_completion_ratio(
+    hightouch: respx.MockRouter,
+) -> None:
+    odd = {"id": "5", "status": "processing", "completionRatio": "abc"}
+    hightouch.get("/syncs/101/runs").mock(
+        side_effect=[
+            httpx.Response(200, json={"data": [odd]}),
+            httpx.Response(200, json={"data": [{**odd, "completionRatio": 0.5}]}),
+            httpx.Response(200, json={"data": [GOOD_RUN]}),
+        ]
+    )
+    run = _respx_client().wait_for_run("101", "5", poll_interval=0, poll_timeout=2)
+    assert run.status == "success" and run.completion_ratio == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, json=[]),
+        httpx.Response(200, json={"data": "x"}),
+        httpx.Response(200, json={"data": [{"slug": "crm"}]}),
+    ],
+    ids=["list", "data-is-text", "sync-without-id"],
+)
+def test_a_malformed_sync_lookup_is_a_transient_error(
+    hightouch: respx.MockRouter, answer: httpx.Response
+) -> None:
+    hightouch.get("/syncs").mock(return_value=answer)
+    with pytest.raises(HightouchUnavailable, match="find crm"):
+        _respx_client(max_retries=1).resolve_sync_id("crm")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(404, json=["not", "an", "object"]),
+        httpx.Response(404, text="Not Found"),
+        httpx.Response(404, json={"message": {"nested": True}}),
+    ],
+    ids=["list", "text", "message-object"],
+)
+def test_an_odd_refusal_body_still_gives_the_refusal(
+    hightouch: respx.MockRouter, answer: httpx.Response
+) -> None:
+    hightouch.post("/syncs/101/trigger").mock(return_value=answer)
+    with pytest.raises(HightouchRequestRefused, match="HTTP 404.*sync id or slug"):
+        _respx_client().trigger("101")
+
+
+def test_a_null_completion_ratio_means_no_progress_known() -> None:
+    run = SyncRun.from_api("7", {"id": "5", "status": "queued", "completionRatio": None})
+    assert run.completion_ratio == 0.0
