@@ -20,6 +20,7 @@ import pytest
 from activation.sandbox.launcher import free_port
 from activation.stack import Process, post_fivetran, post_signal, start_intake
 from activation.webhooks import store
+from activation.webhooks.intake import MAX_BODY_BYTES
 from activation.webhooks.signatures import (
     FIVETRAN_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
@@ -183,9 +184,71 @@ def test_malformed_unsigned_body_is_refused_as_unsigned_before_parsing(intake: I
 
 
 def test_oversized_body_gets_413(intake: Intake) -> None:
-    body = b"x" * ((1 << 20) + 1)
+    body = b"x" * (MAX_BODY_BYTES + 1)
     response = httpx.post(f"{intake.url}/webhooks/signal", content=body, headers=_signed(body))
     assert response.status_code == 413
+    assert "over" in response.json()["reason"]
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A memory figure of a process from /proc/<pid>/status (VmRSS now, VmHWM its peak), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """`total` bytes in chunks; a generator body makes httpx send it chunked, without a length."""
+    chunk = b"x" * size
+    sent = 0
+    while sent < total:
+        piece = chunk[: min(size, total - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def test_huge_chunked_body_is_refused_without_being_held_in_memory(intake: Intake) -> None:
+    pid = intake.process.process.pid
+    before = _status_kib(pid, "VmRSS")
+    total = 200 << 20
+    response = httpx.post(
+        f"{intake.url}/webhooks/signal",
+        content=_chunks(total),
+        headers=_signed(b"whatever"),
+        timeout=120,
+    )
+    assert response.status_code == 413, response.text
+    assert "content-length" not in response.request.headers
+    # The peak since start (VmHWM) bounds whatever the intake held while the body streamed in.
+    grown_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    assert grown_mib < 50, f"the intake grew by {grown_mib:.0f} MiB for a {total >> 20} MiB body"
+    assert post_signal(intake.url, SECRET, "evt-after-huge").status_code == 202
+
+
+def _padded_signal(event_id: str, size: int) -> bytes:
+    body = json.dumps({"event_id": event_id}).encode()
+    return body + b" " * (size - len(body))
+
+
+def test_chunked_body_up_to_the_limit_is_read_whole_and_one_byte_more_refused(
+    intake: Intake,
+) -> None:
+    at_limit = _padded_signal("evt-chunked-limit", MAX_BODY_BYTES)
+    accepted = httpx.post(
+        f"{intake.url}/webhooks/signal",
+        content=(at_limit[i : i + 100_000] for i in range(0, len(at_limit), 100_000)),
+        headers=_signed(at_limit),
+    )
+    assert accepted.status_code == 202, accepted.text
+    over = _padded_signal("evt-chunked-over", MAX_BODY_BYTES + 1)
+    refused = httpx.post(
+        f"{intake.url}/webhooks/signal",
+        content=(over[i : i + 100_000] for i in range(0, len(over), 100_000)),
+        headers=_signed(over),
+    )
+    assert refused.status_code == 413
+    assert "signal:evt-chunked-over" not in intake.recorded()
 
 
 def test_secret_never_reaches_the_intake_log(intake: Intake) -> None:

@@ -103,6 +103,26 @@ def fivetran_event_id(payload: dict[str, Any]) -> str | None:
     return f"fivetran:{connector}:{created}"
 
 
+async def read_bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes.
+
+    Read chunk by chunk, so at most about `limit` bytes are ever held, whether the body declares
+    its length or arrives chunked. The declared length is only a shortcut to refuse before
+    reading; it is not trusted for the bound. The unread rest is left to the server, which
+    discards it after the answer.
+    """
+    too_large = Rejection(413, f"the body is over {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > limit:
+            raise too_large
+        body += chunk
+    return bytes(body)
+
+
 def build_intake_app(
     secret: str,
     db_path: Path,
@@ -144,17 +164,8 @@ def build_intake_app(
 
     def guarded(handler: Callable) -> Callable:
         async def endpoint(request: Request) -> JSONResponse:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                # Refused before reading, so a huge body is never buffered.
-                return JSONResponse(
-                    {"status": "rejected", "reason": f"the body is over {MAX_BODY_BYTES} bytes"},
-                    status_code=413,
-                )
-            body = await request.body()
             try:
-                if len(body) > MAX_BODY_BYTES:
-                    raise Rejection(413, f"the body is over {MAX_BODY_BYTES} bytes")
+                body = await read_bounded_body(request, MAX_BODY_BYTES)
                 return await handler(request, body)
             except Rejection as rejection:
                 if rejection.status in (401, 403):
