@@ -66,8 +66,6 @@ def run_dev(port: int, sandbox_port: int, webhook_port: int = 8766) -> int:
     home = folder / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
-    # The promote job needs a staging twin of each sync; the sandbox serves them on request.
-    os.environ.setdefault("ACTIVATION_SANDBOX_STAGING_SYNCS", "1")
     with sandbox_environment(folder, port=sandbox_port) as sandbox:
         prepare_dbt_manifest()
         env = {**os.environ, "DAGSTER_HOME": str(home)}

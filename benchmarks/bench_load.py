@@ -110,6 +110,9 @@ def generate_project(folder: Path) -> Path:
                 "columns": [
                     _tested("customer_id", "unique", "not_null"),
                     _tested("email", "not_null"),
+                    # Every mapped column is declared: definitions refuse one the manifest lacks.
+                    {"name": "first_name"},
+                    {"name": "metric_value"},
                 ],
             }
         )

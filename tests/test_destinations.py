@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from activation.destinations import DestinationsFileError, parse_destinations
-from activation.paths import DEFAULT_DESTINATIONS_FILE
+from activation.destinations import (
+    Destination,
+    DestinationsFileError,
+    parse_destinations,
+    validate_against_manifest,
+    validate_against_manifest_file,
+)
+from activation.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE
 
 
 def _write(tmp_path: Path, document: object) -> Path:
@@ -65,8 +77,41 @@ def test_unknown_field_is_refused(tmp_path: Path) -> None:
         ),
         (lambda d: (d[0].pop("sync_id"), d[0].pop("sync_slug")), "give sync_id or sync_slug"),
         (lambda d: d[0].update(destination_type="marketo"), "destination_type"),
+        (
+            lambda d: d[0]["staging"].update(sync_id=d[1]["sync_id"]),
+            r"sync_id '102' is declared twice \(salesforce_contacts and "
+            r"salesforce_accounts.staging\)",
+        ),
+        (
+            lambda d: d[4]["staging"].update(sync_slug=d[3]["staging"]["sync_slug"]),
+            r"sync_slug 'iterable-lifecycle-users-staging' is declared twice "
+            r"\(iterable_users.staging and braze_users.staging\)",
+        ),
+        (
+            lambda d: d[2]["staging"].update(sync_id=d[2]["sync_id"]),
+            r"sync_id '201' is declared twice \(hubspot_contacts and hubspot_contacts.staging\)",
+        ),
+        (lambda d: d[0].update(staging={}), "give sync_id or sync_slug .* the staging sync"),
+        (
+            lambda d: d[0]["staging"].update(sync_id="four-oh-two"),
+            r"destinations\[0\] \(salesforce_accounts\).staging.sync_id",
+        ),
+        (lambda d: d[0]["staging"].update(object="x"), "staging.object: Extra inputs"),
     ],
-    ids=["duplicate-key", "duplicate-sync-id", "unknown-after", "cycle", "no-sync", "bad-type"],
+    ids=[
+        "duplicate-key",
+        "duplicate-sync-id",
+        "unknown-after",
+        "cycle",
+        "no-sync",
+        "bad-type",
+        "staging-id-is-another-production-id",
+        "two-staging-slugs-alike",
+        "staging-id-is-its-own-production-id",
+        "staging-without-reference",
+        "staging-id-not-digits",
+        "staging-unknown-field",
+    ],
 )
 def test_inconsistent_declarations_are_refused(tmp_path: Path, edit, expected: str) -> None:
     document = _shipped()
@@ -107,3 +152,218 @@ def test_declared_policies_and_waves_are_read() -> None:
     assert by_key["salesforce_contacts"].after == ("salesforce_accounts",)
     assert by_key["salesforce_contacts"].wave == 2
     assert by_key["braze_users"].pool == "hightouch_braze_users"
+
+
+def test_every_shipped_destination_declares_its_staging_twin() -> None:
+    by_key = {d.key: d for d in parse_destinations(DEFAULT_DESTINATIONS_FILE)}
+    twins = {
+        key: (d.staging.sync_id, d.staging.sync_slug) for key, d in by_key.items() if d.staging
+    }
+    assert twins == {
+        "salesforce_accounts": ("402", "salesforce-accounts-staging"),
+        "salesforce_contacts": ("403", "salesforce-contacts-staging"),
+        "hubspot_contacts": ("404", "hubspot-marketing-contacts-staging"),
+        "iterable_users": ("405", "iterable-lifecycle-users-staging"),
+        "braze_users": ("406", "braze-engagement-users-staging"),
+    }
+    assert by_key["braze_users"].staging.sync_reference == "406"
+
+
+# -- duplicate keys: PyYAML alone keeps the last one without a word -------------------------------
+
+_ONE_DESTINATION = """\
+  - key: braze_users
+    destination_type: braze
+    object: users
+    sync_id: "401"
+    mart: mart_braze_users
+    primary_key: external_id
+    mapped_columns: [email]
+    owner: {team: t, slack_channel: "#c", pagerduty_routing_key_env: PD_KEY}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (
+            "destinations:\n"
+            + _ONE_DESTINATION.replace("braze_users", "other")
+            + "destinations:\n"
+            + _ONE_DESTINATION,
+            10,
+            "destinations",
+        ),
+        (
+            "destinations:\n"
+            + _ONE_DESTINATION.replace(
+                "    primary_key:", "    mart: mart_other\n    primary_key:"
+            ),
+            7,
+            "mart",
+        ),
+        (
+            "destinations:\n"
+            + _ONE_DESTINATION.replace("owner: {team: t,", "owner: {team: t, team: u,"),
+            9,
+            "team",
+        ),
+    ],
+    ids=["top-level", "in-a-destination", "nested-flow-mapping"],
+)
+def test_a_repeated_yaml_key_is_refused_with_its_line(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    path = tmp_path / "destinations.yaml"
+    path.write_text(text)
+    with pytest.raises(DestinationsFileError) as error:
+        parse_destinations(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert f"line {line}: key {key!r} is repeated" in message
+
+
+def test_a_merge_key_overridden_by_an_explicit_key_is_not_a_repeat(tmp_path: Path) -> None:
+    first = _ONE_DESTINATION.replace("owner: {", "owner: &owner {")
+    second = (
+        _ONE_DESTINATION.replace("braze_users", "braze_users_eu")
+        .replace('"401"', '"402"')
+        .replace(
+            'owner: {team: t, slack_channel: "#c", pagerduty_routing_key_env: PD_KEY}',
+            "owner: {<<: *owner, team: u}",
+        )
+    )
+    path = tmp_path / "destinations.yaml"
+    path.write_text("destinations:\n" + first + second)
+    eu = parse_destinations(path)[1]
+    assert (eu.owner.team, eu.owner.slack_channel) == ("u", "#c")
+
+
+# -- the declaration against the dbt manifest -----------------------------------------------------
+
+
+def _manifest_of(destinations: tuple[Destination, ...]) -> dict[str, Any]:
+    """A manifest whose models have exactly the columns the declaration uses."""
+    return {
+        "nodes": {
+            f"model.activation.{d.mart}": {
+                "resource_type": "model",
+                "name": d.mart,
+                "columns": {c: {"name": c} for c in (d.primary_key, *d.mapped_columns)},
+            }
+            for d in destinations
+        }
+    }
+
+
+def _shipped_destinations() -> tuple[Destination, ...]:
+    return parse_destinations(DEFAULT_DESTINATIONS_FILE)
+
+
+def test_a_declaration_matching_the_manifest_passes() -> None:
+    destinations = _shipped_destinations()
+    validate_against_manifest(destinations, _manifest_of(destinations), DEFAULT_DESTINATIONS_FILE)
+
+
+def test_an_unknown_mapped_column_names_file_destination_and_field() -> None:
+    destinations = list(_shipped_destinations())
+    manifest = _manifest_of(tuple(destinations))
+    hubspot = destinations[2]
+    destinations[2] = hubspot.model_copy(
+        update={
+            "mapped_columns": tuple(
+                c + "y" if c == "country" else c for c in hubspot.mapped_columns
+            )
+        }
+    )
+    with pytest.raises(DestinationsFileError) as error:
+        validate_against_manifest(destinations, manifest, Path("destinations.yaml"))
+    assert str(error.value) == (
+        "destinations.yaml: destinations[2] (hubspot_contacts).mapped_columns: column "
+        "'countryy' is not a column of model mart_hubspot_contacts in the dbt manifest "
+        "(columns: contact_id, email, first_name, last_name, lifecycle_stage, country)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"mart": "mart_hubspot_contact"},
+            "destinations[2] (hubspot_contacts).mart: 'mart_hubspot_contact' is not a model in "
+            "the dbt manifest (did you mean mart_hubspot_contacts",
+        ),
+        (
+            {"primary_key": "customer_id"},
+            "destinations[2] (hubspot_contacts).primary_key: column 'customer_id' is not a column",
+        ),
+    ],
+    ids=["unknown-mart", "unknown-primary-key"],
+)
+def test_a_mart_or_key_missing_from_the_manifest_is_refused(
+    change: dict[str, str], expected: str
+) -> None:
+    destinations = list(_shipped_destinations())
+    manifest = _manifest_of(tuple(destinations))
+    destinations[2] = destinations[2].model_copy(update=change)
+    with pytest.raises(DestinationsFileError, match=re.escape(expected)):
+        validate_against_manifest(destinations, manifest, DEFAULT_DESTINATIONS_FILE)
+
+
+def test_a_required_column_missing_from_the_manifest_is_named_under_guards() -> None:
+    destinations = list(_shipped_destinations())
+    destinations[2] = destinations[2].model_copy(
+        update={
+            "guards": destinations[2].guards.model_copy(update={"required_columns": ("email",)})
+        }
+    )
+    manifest = _manifest_of(tuple(destinations))
+    del manifest["nodes"]["model.activation.mart_hubspot_contacts"]["columns"]["email"]
+    with pytest.raises(DestinationsFileError) as error:
+        validate_against_manifest(destinations, manifest, DEFAULT_DESTINATIONS_FILE)
+    message = str(error.value)
+    assert "(hubspot_contacts).mapped_columns: column 'email'" in message
+    assert "(hubspot_contacts).guards.required_columns: column 'email'" in message
+
+
+def test_a_model_without_listed_columns_says_so() -> None:
+    destinations = _shipped_destinations()
+    manifest = _manifest_of(destinations)
+    manifest["nodes"]["model.activation.mart_braze_users"]["columns"] = {}
+    with pytest.raises(DestinationsFileError, match="columns: none listed in its schema yml"):
+        validate_against_manifest(destinations, manifest, DEFAULT_DESTINATIONS_FILE)
+
+
+@pytest.fixture(scope="module")
+def parsed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`dbt parse` of the real project into a private folder (tests elsewhere share target/)."""
+    folder = tmp_path_factory.mktemp("dbt_parse")
+    dbt = Path(sys.executable).parent / "dbt"
+    subprocess.run(
+        [
+            str(dbt) if dbt.exists() else "dbt",
+            "parse",
+            "--quiet",
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target-path",
+            str(folder / "target"),
+            "--log-path",
+            str(folder / "logs"),
+        ],
+        env={**os.environ, "ACTIVATION_DATA_DIR": str(folder), "DO_NOT_TRACK": "1"},
+        check=True,
+        timeout=300,
+    )
+    return folder / "target" / "manifest.json"
+
+
+def test_the_shipped_declaration_matches_the_dbt_project(parsed_manifest: Path) -> None:
+    """Every declared mart and column is in the marts' schema yml, as loading requires."""
+    validate_against_manifest_file(
+        _shipped_destinations(), parsed_manifest, DEFAULT_DESTINATIONS_FILE
+    )
+    models = {n["name"]: n for n in json.loads(parsed_manifest.read_text())["nodes"].values()}
+    assert all(models[d.mart]["columns"] for d in _shipped_destinations())

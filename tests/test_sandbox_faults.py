@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
-from activation.sandbox.hightouch import STAGING_SYNCS_VAR
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
 from tests.sandbox_marts import (
     API,
@@ -234,10 +233,9 @@ def test_a_method_filter_and_control_paths_are_never_faulted(
 
 
 def test_staging_syncs_are_fault_targets_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The fault targets are the syncs the stand-in serves, staging twins included."""
-    monkeypatch.setenv(STAGING_SYNCS_VAR, "1")
     staging_sandbox = start_sandbox(tmp_path / "data", "--phase-seconds", "0.05")
     try:
         with staging_sandbox.client() as client:

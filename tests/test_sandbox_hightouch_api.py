@@ -9,9 +9,18 @@ import httpx
 import pytest
 
 from activation.destinations import Destination, load_destinations
-from activation.sandbox.hightouch import sync_definitions
+from activation.sandbox.hightouch import served_sync_definitions, sync_definitions
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
-from tests.sandbox_marts import API, get_run, reset, running_sandbox, trigger, wait_for_run
+from tests.sandbox_marts import (
+    API,
+    build_mart,
+    get_run,
+    reset,
+    running_sandbox,
+    sync_once,
+    trigger,
+    wait_for_run,
+)
 
 # Required fields of the OpenAPI schemas (components.schemas.*.required).
 SYNC_FIELDS = {
@@ -83,6 +92,10 @@ def test_a_configured_token_is_the_only_one_accepted(tmp_path: Path) -> None:
         process.stop()
 
 
+def _staging_ids() -> set[str]:
+    return {d.staging.sync_id for d in _declared() if d.staging and d.staging.sync_id}
+
+
 def test_one_sync_per_declared_destination(sandbox: SandboxProcess) -> None:
     with sandbox.client() as http:
         response = http.get(f"{API}/syncs")
@@ -90,7 +103,7 @@ def test_one_sync_per_declared_destination(sandbox: SandboxProcess) -> None:
     syncs = {s["id"]: s for s in response.json()["data"]}
     assert list(syncs) == sorted(syncs, key=int)  # default order: id
     declared = _declared()
-    assert set(syncs) == {d.sync_id for d in declared}
+    assert set(syncs) == {d.sync_id for d in declared} | _staging_ids()
     for d in declared:
         sync = syncs[d.sync_id]
         assert sync.keys() >= SYNC_FIELDS
@@ -117,11 +130,11 @@ def test_list_syncs_filters_limits_and_orders(sandbox: SandboxProcess) -> None:
         _assert_validation_error(http.get(f"{API}/syncs", params={"limit": "many"}))
         _assert_validation_error(http.get(f"{API}/syncs", params={"modelId": "x"}))
     assert [s["id"] for s in by_slug.json()["data"]] == ["201"]
-    assert [s["id"] for s in by_model.json()["data"]] == ["201"]
+    assert [s["id"] for s in by_model.json()["data"]] == ["201", "404"]  # and its staging twin
     assert by_unknown_slug.json() == {"data": []}
     assert [s["id"] for s in limited.json()["data"]] == ["101", "102"]
     slugs = [s["slug"] for s in ordered.json()["data"]]
-    assert slugs == sorted(slugs) and len(slugs) == len(_declared())
+    assert slugs == sorted(slugs) and len(slugs) == len(_declared()) + len(_staging_ids())
 
 
 def test_get_sync_and_unknown_ids(sandbox: SandboxProcess) -> None:
@@ -150,8 +163,8 @@ def test_one_destination_per_crm(sandbox: SandboxProcess) -> None:
     ]
     for destination in listed:
         assert destination.keys() >= DESTINATION_FIELDS
-    assert listed[0]["syncs"] == ["101", "102"]
-    assert hubspot.status_code == 200 and hubspot.json()["syncs"] == ["201"]
+    assert listed[0]["syncs"] == ["101", "102", "402", "403"]
+    assert hubspot.status_code == 200 and hubspot.json()["syncs"] == ["201", "404"]
     assert missing.status_code == 404 and "message" in missing.json()
     assert [d["id"] for d in filtered] == ["4"]
 
@@ -267,3 +280,56 @@ def test_missing_sync_ids_and_slugs_are_derived() -> None:
     assert int(braze.id) > max(int(d.sync_id) for d in declared if d.sync_id)
     assert (accounts.id, accounts.slug) == ("101", "salesforce-accounts")
     assert definitions["hubspot_contacts"].id == "201"
+
+
+def test_the_declared_staging_twins_are_served_without_any_setting(
+    sandbox: SandboxProcess,
+) -> None:
+    """The module's sandbox starts without ACTIVATION_SANDBOX_STAGING_SYNCS: the twins come from
+    `staging` in destinations.yaml alone, on the production sync's model, writing to
+    `<object>_staging`."""
+    with sandbox.client() as http:
+        syncs = {s["slug"]: s for s in http.get(f"{API}/syncs").json()["data"]}
+    for d in _declared():
+        assert d.staging is not None
+        twin, production = syncs[d.staging.sync_slug], syncs[d.sync_slug]
+        assert twin["id"] == d.staging.sync_id
+        assert twin["modelId"] == production["modelId"]
+        assert twin["configuration"]["object"] == f"{d.object}_staging"
+        assert twin["configuration"]["mappings"] == production["configuration"]["mappings"]
+        assert twin["destinationId"] == production["destinationId"]
+
+
+def test_a_staging_run_writes_the_staging_object_only(sandbox: SandboxProcess) -> None:
+    build_mart(sandbox.data_dir, "mart_hubspot_contacts", 7)
+    with sandbox.client() as http:
+        run = sync_once(http, "404")
+    assert run["status"] == "success", run
+    assert len(sandbox.records("hubspot", "contacts_staging")) == 7
+    assert sandbox.records("hubspot", "contacts") == {}
+
+
+def test_staging_twins_follow_the_declaration() -> None:
+    by_key = {d.key: d for d in _declared()}
+    hubspot = by_key["hubspot_contacts"]
+    assert hubspot.staging is not None
+    declared = [
+        by_key["salesforce_accounts"].model_copy(update={"staging": None}),
+        hubspot.model_copy(
+            update={"staging": hubspot.staging.model_copy(update={"sync_id": None})}
+        ),
+        by_key["braze_users"].model_copy(update={"sync_id": None}),
+        by_key["iterable_users"],
+    ]
+    served = {s.destination.key: s for s in served_sync_definitions(declared)}
+    assert "salesforce_accounts_staging" not in served
+    # Ids generated for syncs declared by slug only never reuse a declared id, staging included.
+    declared_ids = {s.id for s in served.values()} - {
+        served["hubspot_contacts_staging"].id,
+        served["braze_users"].id,
+    }
+    generated = [int(served["braze_users"].id), int(served["hubspot_contacts_staging"].id)]
+    assert min(generated) > max(int(i) for i in declared_ids) and len(set(generated)) == 2
+    assert served["hubspot_contacts_staging"].slug == "hubspot-marketing-contacts-staging"
+    assert served["iterable_users_staging"].id == "405"
+    assert served["hubspot_contacts_staging"].model_id == served["hubspot_contacts"].model_id

@@ -2,7 +2,8 @@
 
 Paths, parameters and JSON fields follow Hightouch's OpenAPI (ids are numbers sent as strings,
 timestamps `2022-02-08T16:11:04.712Z`, errors `{"message": ...}`, validation errors in the
-`ValidateErrorJSON` shape). One sync per declared destination; one Hightouch destination per CRM.
+`ValidateErrorJSON` shape). One sync per declared destination and per declared staging twin;
+one Hightouch destination per CRM.
 Runs are executed by `sync_engine`. Sandbox-only: `GET /sandbox/hightouch/triggers` counts the
 triggers each sync received.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import json
-import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,11 +77,23 @@ class SyncDefinition:
         return DESTINATIONS[self.destination.destination_type][0]
 
 
-def sync_definitions(destinations: Sequence[Destination]) -> list[SyncDefinition]:
+def _generated_ids(destinations: Sequence[Destination]) -> Iterator[int]:
+    """Ids for syncs declared by slug only: above every declared id, staging twins' included."""
+    declared = [
+        int(sync_id)
+        for d in destinations
+        for sync_id in (d.sync_id, d.staging.sync_id if d.staging else None)
+        if sync_id
+    ]
+    return itertools.count(max(declared, default=0) + 1)
+
+
+def sync_definitions(
+    destinations: Sequence[Destination], ids: Iterator[int] | None = None
+) -> list[SyncDefinition]:
     """Declared ids and slugs as given; a destination declared by slug only gets a numeric id
     above every declared one, and a missing slug is the key with dashes."""
-    declared = [int(d.sync_id) for d in destinations if d.sync_id]
-    generated = itertools.count(max(declared, default=0) + 1)
+    generated = _generated_ids(destinations) if ids is None else ids
     return [
         SyncDefinition(
             id=d.sync_id or str(next(generated)),
@@ -93,39 +105,38 @@ def sync_definitions(destinations: Sequence[Destination]) -> list[SyncDefinition
     ]
 
 
-STAGING_SYNCS_VAR = "ACTIVATION_SANDBOX_STAGING_SYNCS"
-
-
-def staging_sync_definitions(production: Sequence[SyncDefinition]) -> list[SyncDefinition]:
-    """A staging twin of each sync, for the promote job: slug `<slug>-staging`, same mart, and
-    `<object>_staging` in the same CRM stand-in; ids continue after the highest one. Added only
-    when ACTIVATION_SANDBOX_STAGING_SYNCS=1 is set when the sandbox starts."""
-    ids = itertools.count(max((int(s.id) for s in production), default=0) + 1)
-    return [
-        SyncDefinition(
-            id=str(next(ids)),
-            slug=f"{s.slug}-staging",
-            model_id=s.model_id,
-            destination=s.destination.model_copy(
-                update={
-                    "key": f"{s.destination.key}_staging",
-                    "object": f"{s.destination.object}_staging",
-                    "sync_id": None,
-                    "sync_slug": f"{s.slug}-staging",
-                }
-            ),
+def staging_sync_definitions(
+    production: Sequence[SyncDefinition], ids: Iterator[int]
+) -> list[SyncDefinition]:
+    """The declared staging twin (`staging` in destinations.yaml) of each sync that has one:
+    same model, writing `<object>_staging` in the same CRM stand-in. A twin declared by id only
+    gets the slug `<slug>-staging`; one declared by slug only gets the next id from `ids`."""
+    definitions = []
+    for s in production:
+        staging = s.destination.staging
+        if staging is None:
+            continue
+        sync_id = staging.sync_id or str(next(ids))
+        slug = staging.sync_slug or f"{s.slug}-staging"
+        twin = s.destination.model_copy(
+            update={
+                "key": f"{s.destination.key}_staging",
+                "object": f"{s.destination.object}_staging",
+                "sync_id": sync_id,
+                "sync_slug": slug,
+                "staging": None,
+            }
         )
-        for s in production
-    ]
+        definitions.append(SyncDefinition(sync_id, slug, s.model_id, twin))
+    return definitions
 
 
 def served_sync_definitions(destinations: Sequence[Destination]) -> list[SyncDefinition]:
-    """Every sync the stand-in serves: one per declared destination, then their staging twins
-    when ACTIVATION_SANDBOX_STAGING_SYNCS=1 (read once, when the sandbox starts)."""
-    definitions = sync_definitions(destinations)
-    if os.environ.get(STAGING_SYNCS_VAR, "").strip() in ("1", "true", "yes"):
-        definitions += staging_sync_definitions(definitions)
-    return definitions
+    """Every sync the stand-in serves: one per declared destination, then the declared staging
+    twins."""
+    ids = _generated_ids(destinations)
+    production = sync_definitions(destinations, ids)
+    return production + staging_sync_definitions(production, ids)
 
 
 class HightouchApi:
