@@ -7,32 +7,56 @@ Hightouch: for every asset upstream of the sync (the marts and the models they a
 reads, from the Dagster instance, the latest evaluation of each blocking check and refuses when
 
 - that evaluation failed with severity ERROR (the check, its result and its run are named), or
-- the asset was materialized after its checks last ran (untested data), or the check never ran.
+- the asset was materialized after its checks last ran (untested data), or the check never ran, or
+- the check judged the destination's mart and the mart's fingerprint (row count and a hash of the
+  primary key and mapped columns) differs now, or the result recorded no fingerprint.
+
+Only evidence from this code location counts: an evaluation produced in a step of a run of one
+of the repository's jobs. A report from outside a run (the webserver's unauthenticated
+`/report_asset_check/` endpoint) or from another code location is ignored, so an older genuine
+result stands.
 
 The checks come from the repository definition, so any blocking asset check on a mart gates: the
 dbt tests (`activation/transform.py`), the warehouse guards (`activation/guards.py`) and Python
-checks (`activation/quality.py`). A refusal pages the owner of the destination
-(`activation/paging.py`); paging problems are logged and never open the gate.
+checks (`activation/quality.py`). A refusal pages the owner of the destination once per refused
+sync (`activation/paging.py`); `resolve_gate_page` closes the page after a successful sync.
+Paging problems are logged and never open the gate.
 """
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import dagster as dg
 from dagster_shared.check import CheckError
 
 from activation.destinations import Destination, sync_asset_key_for
-from activation.guards import GUARD_CHECK_PREFIX, guard_check_name
+from activation.guards import (
+    GUARD_CHECK_PREFIX,
+    Fingerprint,
+    WarehouseError,
+    fingerprint,
+    guard_check_name,
+    recorded_fingerprints,
+    warehouse_connection,
+)
 from activation.paging import GatePager, PagerDutyResource
 from activation.paths import destinations_file, warehouse_path
 from activation.resources import SlackWebhookResource
+from activation.transform import mart_asset_key
 
-__all__ = ["GateClosed", "PagerDutyResource", "enforce_gate", "gate_refusals"]
+__all__ = [
+    "GateClosed",
+    "PagerDutyResource",
+    "enforce_gate",
+    "gate_refusals",
+    "resolve_gate_page",
+]
 
 
 _HISTORY = 20  # records read per check: planned-only runs in a row beyond this are refused
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job a hand launch of assets runs in
 
 
 @dataclass(frozen=True)
@@ -40,13 +64,18 @@ class CheckRecord:
     """The latest record Dagster holds for one asset check, in the gate's own terms."""
 
     status: str
-    """`passed`, `failed`, or `planned` (planned in a run that has not evaluated it)."""
+    """`passed`, `failed`, `planned` (planned in a run that has not evaluated it), or `never`
+    (every record there was is not evidence, see `ignored`)."""
     run_id: str
     severity: str = "ERROR"
     description: str | None = None
     target_storage_id: int | None = None
     """Storage id of the materialization the check evaluated (None when unknown)."""
     recorded_at: float = 0.0
+    fingerprints: dict[str, Fingerprint] | None = None
+    """What the check judged, per destination reading the asset (None: nothing recorded)."""
+    ignored: tuple[str, ...] = ()
+    """Why newer evaluations were not counted (each a sentence), newest first."""
 
 
 @dataclass(frozen=True)
@@ -99,38 +128,138 @@ class GateClosed(dg.Failure):
 # -- reading Dagster's records --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CheckEntry:
+    """One row of a check's execution history, as Dagster stores it."""
+
+    run_id: str
+    """"" for an evaluation reported outside any run."""
+    step_key: str | None
+    """The step that logged it; None outside a step (a runless report)."""
+    evaluation: dg.AssetCheckEvaluation | None
+    """None for a row that was only planned."""
+    created: float
+
+
+def check_history(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> list[CheckEntry]:
+    """The newest rows of one check's execution history, newest first.
+
+    `event_log_storage.get_asset_check_execution_history` is not public API (it is what the
+    public GraphQL `assetCheckExecutions` serves, but that needs a webserver inside every run
+    worker). This is the product's only call of it; tests/test_gate.py pins its behaviour,
+    including what it holds for a runless report (run id "" and no step key on 1.13.27).
+    """
+    return [
+        CheckEntry(
+            run_id=record.run_id,
+            step_key=record.event.step_key if record.event else None,
+            evaluation=record.event.asset_check_evaluation if record.event else None,
+            created=record.create_timestamp,
+        )
+        for record in instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=_HISTORY
+        )
+    ]
+
+
+def run_location(run: dg.DagsterRun) -> str | None:
+    """The code location a run was launched from, or None when it carries no remote origin
+    (`execute_in_process`, `dagster asset materialize -m`).
+
+    `RemoteJobOrigin.location_name` is not public API; this is the product's only use of it and
+    tests/test_gate.py pins it.
+    """
+    origin = run.remote_job_origin
+    return origin.location_name if origin is not None else None
+
+
+@dataclass
+class Evidence:
+    """Which check records count: those a run of this code location produced in a step.
+
+    Anyone who can reach the webserver can report a check evaluation without a run, and another
+    code location's runs can write any check key: neither may open this location's gate.
+    """
+
+    instance: dg.DagsterInstance
+    repository_def: dg.RepositoryDefinition
+    current_location: str | None = None
+    """The code location of the run the gate decides for (None when it carries none)."""
+    _runs: dict[str, dg.DagsterRun | None] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(
+        cls,
+        instance: dg.DagsterInstance,
+        repository_def: dg.RepositoryDefinition,
+        run: dg.DagsterRun | None,
+    ) -> "Evidence":
+        return cls(instance, repository_def, run_location(run) if run is not None else None)
+
+    def _run(self, run_id: str) -> dg.DagsterRun | None:
+        if run_id not in self._runs:
+            self._runs[run_id] = self.instance.get_run_by_id(run_id)
+        return self._runs[run_id]
+
+    def why_not(self, entry: CheckEntry) -> str | None:
+        """Why `entry` is not evidence for this code location, or None when it is."""
+        if not entry.run_id:
+            return "an evaluation reported outside any run"
+        if entry.evaluation is not None and not entry.step_key:
+            return f"an evaluation in run {entry.run_id} not produced by a step"
+        run = self._run(entry.run_id)
+        if run is None:
+            return f"an evaluation from run {entry.run_id}, which the instance does not hold"
+        job = run.job_name
+        if job != IMPLICIT_ASSET_JOB and not self.repository_def.has_job(job):
+            return (
+                f"an evaluation from run {entry.run_id} of job {job}, "
+                "not a job of this code location"
+            )
+        location = run_location(run)
+        if location and self.current_location and location != self.current_location:
+            return f"an evaluation from run {entry.run_id} of code location {location}"
+        return None
+
+
 def latest_check_record(
-    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, evidence: Evidence
 ) -> CheckRecord | None:
-    """The latest evaluation of one asset check, or None when it was never planned nor run.
+    """The latest evaluation of one asset check that counts as evidence, or None when none was
+    ever planned nor run by this code location.
 
     Records a run planned without evaluating (its step did not get that far, or is still going)
     are passed over: what counts is the newest result, and whether it judged the data the asset
     holds now (`judge_check`). Only when no recent record has a result is it reported `planned`.
-
-    `event_log_storage.get_asset_check_execution_history` is not public API (it is what the
-    public GraphQL `assetCheckExecutions` serves, but that needs a webserver inside every run
-    worker). This is the product's only call of it; tests/test_gate.py pins its behaviour.
+    Records that are not evidence (`Evidence.why_not`) are skipped, never counted as passes.
     """
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        check_key, limit=_HISTORY
-    )
-    for record in history:
-        evaluation = record.event.asset_check_evaluation if record.event else None
-        if evaluation is None:  # a planned row carries no evaluation
+    ignored: list[str] = []
+    planned: CheckEntry | None = None
+    for entry in check_history(instance, check_key):
+        reason = evidence.why_not(entry)
+        if reason:
+            ignored.append(reason)
+            continue
+        evaluation = entry.evaluation
+        if evaluation is None:
+            planned = planned or entry
             continue
         target = evaluation.target_materialization_data
         return CheckRecord(
             status="passed" if evaluation.passed else "failed",
-            run_id=record.run_id,
+            run_id=entry.run_id,
             severity=evaluation.severity.value,
             description=evaluation.description,
             target_storage_id=target.storage_id if target else None,
-            recorded_at=record.create_timestamp,
+            recorded_at=entry.created,
+            fingerprints=recorded_fingerprints(
+                {name: value.value for name, value in evaluation.metadata.items()}
+            ),
+            ignored=tuple(ignored),
         )
-    if history:
-        return CheckRecord("planned", history[0].run_id, recorded_at=history[0].create_timestamp)
-    return None
+    if planned is not None:
+        return CheckRecord("planned", planned.run_id, recorded_at=planned.created)
+    return CheckRecord("never", "", ignored=tuple(ignored)) if ignored else None
 
 
 def latest_materialization(
@@ -177,7 +306,7 @@ def judge_check(
     check: dg.AssetCheckKey, record: CheckRecord | None, materialization: Materialization | None
 ) -> Refusal | None:
     """Why this check closes the gate, or None when it lets the data through."""
-    if record is None:
+    if record is None or record.status == "never":
         return Refusal(check, "has never been evaluated", None)
     if record.status == "planned":
         return Refusal(
@@ -204,15 +333,61 @@ def _evaluated_latest(record: CheckRecord, materialization: Materialization) -> 
     return record.recorded_at > materialization.timestamp
 
 
+def judge_fingerprint(
+    check: dg.AssetCheckKey, record: CheckRecord, destination_key: str, current: Fingerprint
+) -> Refusal | None:
+    """Why a counted result on the destination's mart does not vouch for the mart as it is now."""
+    recorded = (record.fingerprints or {}).get(destination_key)
+    if recorded is None:
+        return Refusal(
+            check,
+            f"judged data without a fingerprint for {destination_key}, so what it judged "
+            "cannot be compared with the mart",
+            record.run_id,
+        )
+    if recorded != current:
+        return Refusal(
+            check,
+            f"judged {recorded.rows} rows (hash {recorded.hash}) but the mart now holds "
+            f"{current.rows} rows (hash {current.hash}): the mart changed since its checks ran",
+            record.run_id,
+        )
+    return None
+
+
+def current_fingerprint(destination: Destination) -> Fingerprint:
+    """The destination's mart as it is now; any failure to read it is a `WarehouseError`, which
+    refuses (a mart that cannot be read cannot be vouched for)."""
+    try:
+        with warehouse_connection(read_only=True) as session:
+            return fingerprint(session, destination)
+    except WarehouseError:
+        raise
+    except Exception as error:  # noqa: BLE001 - DuckDB's or PostgreSQL's errors alike
+        raise WarehouseError(f"marts.{destination.mart}: {error}") from error
+
+
 def gate_refusals(
     instance: dg.DagsterInstance,
     repository_def: dg.RepositoryDefinition,
     destination: Destination,
     sync_key: dg.AssetKey,
+    *,
+    run: dg.DagsterRun | None = None,
+    fingerprint_now: Callable[[Destination], Fingerprint] = current_fingerprint,
+    ignored: list[str] | None = None,
 ) -> list[Refusal]:
-    """Every reason the sync of `destination` must not trigger (empty: the gate is open)."""
-    refusals: list[Refusal] = []
+    """Every reason the sync of `destination` must not trigger (empty: the gate is open).
+
+    `run` is the run the decision is for (its code location bounds the evidence); records
+    skipped as not evidence are appended to `ignored` when given. The mart is fingerprinted at
+    most once per call, and only when a counted result on it needs comparing.
+    """
+    evidence = Evidence.for_run(instance, repository_def, run)
+    own_mart = mart_asset_key(destination.mart)
     own_guard = guard_check_name(destination)
+    now: list[Fingerprint | WarehouseError] = []
+    refusals: list[Refusal] = []
     for asset_key, checks in upstream_blocking_checks(repository_def, sync_key).items():
         materialization = latest_materialization(instance, asset_key)
         for check in checks:
@@ -220,7 +395,22 @@ def gate_refusals(
             # snapshot; it gates that sync, not this one.
             if check.name.startswith(GUARD_CHECK_PREFIX) and check.name != own_guard:
                 continue
-            refusal = judge_check(check, latest_check_record(instance, check), materialization)
+            record = latest_check_record(instance, check, evidence)
+            if ignored is not None and record is not None:
+                ignored.extend(f"{check.to_user_string()}: {why}" for why in record.ignored)
+            refusal = judge_check(check, record, materialization)
+            if refusal is None and record is not None and asset_key == own_mart:
+                if not now:
+                    try:
+                        now.append(fingerprint_now(destination))
+                    except WarehouseError as error:
+                        now.append(error)
+                if isinstance(now[0], WarehouseError):
+                    refusal = Refusal(
+                        check, f"could not be compared with the mart: {now[0]}", record.run_id
+                    )
+                else:
+                    refusal = judge_fingerprint(check, record, destination.key, now[0])
             if refusal:
                 refusals.append(refusal)
     return refusals
@@ -268,21 +458,46 @@ def enforce_gate(
     """Raise `GateClosed` (a `dg.Failure`) unless every upstream blocking check passed on the
     data the mart holds now. Call it first in a sync asset, before any request to Hightouch.
 
-    `pagerduty` / `slack` are the resources used to page the owner on a refusal (and resolve the
-    page once the checks pass); without them the gate still holds and says paging is off. The
-    sync asset step and the resync jobs' ops both call it (the key comes from the destination).
+    `pagerduty` / `slack` page the owner on a refusal (once per refused sync; the same refusing
+    checks again page nobody); without them the gate still holds and says paging is off. An open
+    gate resolves nothing: call `resolve_gate_page` once the sync has succeeded.
     """
     sync_key = sync_asset_key_for(destination.key)
-    refusals = gate_refusals(context.instance, repository_for_gate(context), destination, sync_key)
-    pager = GatePager.from_step(context, destination, pagerduty=pagerduty, slack=slack)
+    ignored: list[str] = []
+    refusals = gate_refusals(
+        context.instance,
+        repository_for_gate(context),
+        destination,
+        sync_key,
+        run=context.run,
+        ignored=ignored,
+    )
+    for reason in ignored:
+        context.log.warning(f"Gate {destination.key}: not counted as evidence: {reason}")
     if not refusals:
         context.log.info(f"Gate open for {destination.key}: every upstream blocking check passed")
-        _never_fail(context, pager.resolve_passing)
         return
     closed = GateClosed(destination, refusals)
     context.log.error(closed.description or "gate closed")
+    pager = GatePager.from_step(context, destination, pagerduty=pagerduty, slack=slack)
     _never_fail(context, lambda: pager.page_refusals(refusals))
     raise closed
+
+
+def resolve_gate_page(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    destination: Destination,
+    *,
+    pagerduty: PagerDutyResource | None = None,
+    slack: SlackWebhookResource | None = None,
+) -> None:
+    """Close the destination's gate page (if one is open): call it after a successful sync.
+
+    An open gate alone does not resolve: the incident is about data not reaching the
+    destination, which ends when a sync has delivered it. Never raises.
+    """
+    pager = GatePager.from_step(context, destination, pagerduty=pagerduty, slack=slack)
+    _never_fail(context, pager.resolve)
 
 
 def _never_fail(
@@ -300,8 +515,8 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
 
     Inside one run, a failed blocking check stops the sync step before it starts, so the step's
     own gate never runs and never pages. After any failed run this sensor reads every sync's gate
-    and pages what it refuses (checks already paged are not paged again); the step's gate
-    resolves the pages once the checks pass.
+    and pages what it refuses, one page per sync (a sync already paged for the same refusing
+    checks is not paged again); a successful sync resolves the page (`resolve_gate_page`).
     """
 
     @dg.run_failure_sensor(
@@ -316,7 +531,7 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
     ) -> None:
-        run_id = context.dagster_run.run_id
+        run = context.dagster_run
         repository = context.repository_def
         for destination in destinations:
             key = sync_asset_key_for(destination.key)
@@ -325,19 +540,19 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
                 context.log,
                 destination,
                 sync_key=key,
-                run_id=run_id,
+                run_id=run.run_id,
                 record=context.instance.report_runless_asset_event,
                 pagerduty=pagerduty,
                 slack=slack,
             )
-            if pager.decided_in(run_id):
+            if pager.decided_in(run.run_id):
                 continue  # the sync step's gate ran in this run and paged already
-            refusals = gate_refusals(context.instance, repository, destination, key)
+            refusals = gate_refusals(context.instance, repository, destination, key, run=run)
             if refusals:
                 context.log.warning(
-                    f"Run {run_id} failed and sync {destination.key} is blocked: "
+                    f"Run {run.run_id} failed and sync {destination.key} is blocked: "
                     + "; ".join(r.sentence() for r in refusals)
                 )
-                pager.page_refusals(refusals, only_new=True)
+                pager.page_refusals(refusals)
 
     return page_blocked_syncs

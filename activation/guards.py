@@ -18,8 +18,9 @@ PostgreSQL with `ACTIVATION_DBT_TARGET=postgres`. Connections are short-lived, a
 DuckDB, which lets one process write only while no other holds the file.
 """
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from activation.destinations import Destination
+from activation.destinations import Destination, load_destinations
 from activation.environment import postgres_settings
 from activation.paths import warehouse_path, warehouse_target
 from activation.transform import mart_asset_key
@@ -36,7 +37,9 @@ from activation.transform import mart_asset_key
 GUARD_CHECK_PREFIX = "guard_"
 STATE_SCHEMA = "activation_state"
 MART_SCHEMA = "marts"
+FINGERPRINT_METADATA = "data_fingerprint"  # check metadata: JSON {destination key: fingerprint}
 _CONNECT_ATTEMPTS = 8
+_HASH_MODULUS = 2**60
 
 
 class WarehouseError(RuntimeError):
@@ -137,6 +140,79 @@ def _row_hash(destination: Destination) -> str:
         f"coalesce('v' || CAST(\"{c}\" AS VARCHAR), 'n')" for c in destination.mapped_columns
     )
     return f"md5(concat_ws('|', {parts}))"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a check judged, as a destination sees the mart: its row count and an
+    order-independent hash of the primary key and the mapped columns."""
+
+    rows: int
+    hash: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"rows": self.rows, "hash": self.hash}
+
+
+def _hex_to_int(hex_sql: str, digits: int) -> str:
+    """SQL for the integer value of the first `digits` hex digits of `hex_sql`. DuckDB and
+    PostgreSQL share no hex-to-integer cast, but both have `ascii` and `substr`:
+    (ascii(c) - 48) % 39 maps '0'..'9' to 0..9 and 'a'..'f' to 10..15."""
+    return " + ".join(
+        f"CAST((ascii(substr({hex_sql}, {i}, 1)) - 48) % 39 AS BIGINT) * {16 ** (digits - i)}"
+        for i in range(1, digits + 1)
+    )
+
+
+def fingerprint_sql(destination: Destination) -> str:
+    """One pass over the mart: count and the sum, mod 2**60, of 60 bits of each row's md5 over
+    the primary key and the mapped columns (a sum, so row order does not matter; the sum is
+    taken as an exact decimal, which neither engine overflows)."""
+    columns = (destination.primary_key, *destination.mapped_columns)
+    parts = ", ".join(f"coalesce('v' || CAST(\"{c}\" AS VARCHAR), 'n')" for c in columns)
+    return (
+        "SELECT count(*), CAST(coalesce(sum(CAST(h AS DECIMAL(38, 0))), 0) "
+        f"% {_HASH_MODULUS} AS VARCHAR) FROM (SELECT {_hex_to_int('d', 15)} AS h FROM "
+        f"(SELECT md5(concat_ws('|', {parts})) AS d FROM {MART_SCHEMA}.{destination.mart}) rows_"
+        ") hashes"
+    )
+
+
+def fingerprint(session: Session, destination: Destination) -> Fingerprint:
+    rows, digest = session.one(fingerprint_sql(destination))
+    # PostgreSQL may render the decimal with a fractional part of zeros.
+    return Fingerprint(int(rows), str(digest).split(".")[0])
+
+
+def mart_fingerprints(
+    session: Session, mart: str, destinations: Iterable[Destination]
+) -> dict[str, Fingerprint]:
+    """The fingerprint of `mart` for every destination that reads it, by destination key."""
+    return {d.key: fingerprint(session, d) for d in destinations if d.mart == mart}
+
+
+def fingerprint_metadata(fingerprints: dict[str, Fingerprint]) -> dict[str, dg.MetadataValue]:
+    """The check metadata the gate compares with the mart as it is when a sync starts."""
+    return {
+        FINGERPRINT_METADATA: dg.MetadataValue.json(
+            {key: value.as_json() for key, value in sorted(fingerprints.items())}
+        )
+    }
+
+
+def recorded_fingerprints(metadata: dict[str, object]) -> dict[str, Fingerprint] | None:
+    """The fingerprints a check result recorded (None when it recorded none). `metadata` holds
+    raw values (a JSON metadata value's `.value`)."""
+    value = metadata.get(FINGERPRINT_METADATA)
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        return None
+    return {
+        key: Fingerprint(int(item["rows"]), str(item["hash"]))
+        for key, item in value.items()
+        if isinstance(item, dict) and "rows" in item and "hash" in item
+    }
 
 
 @dataclass(frozen=True)
@@ -314,6 +390,7 @@ def build_guard_check(destination: Destination) -> dg.AssetChecksDefinition:
     def _guard(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         with warehouse_connection(read_only=True) as session:
             counts = measure(session, destination)
+            judged = mart_fingerprints(session, destination.mart, load_destinations())
         found = violations(counts, destination)
         for problem in found:
             context.log.error(f"Guard {destination.key}: {problem}")
@@ -321,7 +398,7 @@ def build_guard_check(destination: Destination) -> dg.AssetChecksDefinition:
             passed=not found,
             severity=dg.AssetCheckSeverity.ERROR,
             description="; ".join(found) if found else None,
-            metadata=guard_metadata(counts),
+            metadata={**guard_metadata(counts), **fingerprint_metadata(judged)},
         )
 
     return _guard

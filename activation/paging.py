@@ -2,9 +2,10 @@
 
 Each page goes to the routing key of the destination's owner, read at run time from the
 environment variable that destinations.yaml names (`owner.pagerduty_routing_key_env`), so one
-team's incident never wakes another. A page is keyed per asset and check (`dedup_key`), so a gate
-that refuses again updates the same incident, and a `resolve` for that key closes it once the
-check passes again.
+team's incident never wakes another. A refused sync is one incident per destination and cause
+(`activation/activate/<key>/gate_closed`, beside `.../sync_failed`) naming every refusing check;
+a refusal by the same checks does not page again, and a `resolve` closes it after the destination
+next syncs successfully.
 
 Which pages are open is remembered in Dagster itself, as an `AssetObservation` on the sync asset
 (`gate_open_pages`), so any later run of the sync (whatever launched it) can resolve them.
@@ -31,6 +32,7 @@ PAGERDUTY_EVENTS_URL_VAR = "PAGERDUTY_EVENTS_URL"
 SANDBOX_PAGERDUTY_PATH = "/pagerduty/v2/enqueue"
 OPEN_PAGES = "gate_open_pages"  # observation metadata on the sync asset: JSON list of dedup keys
 GATE_RUN = "gate_dagster_run_id"  # ... and the run whose gate decision it records
+PAGED_CHECKS = "gate_paged_checks"  # ... and the refusing checks the open page names
 _DEDUP_MAX = 255
 _SUMMARY_MAX = 1024
 _LOOKBACK = 100
@@ -207,9 +209,26 @@ def page_sync_failure(
     )
 
 
+def gate_closed_key(destination: Destination) -> str:
+    """The one incident per destination for its refused syncs (resolved when it syncs again)."""
+    return dedup_key(sync_asset_key_for(destination.key), "gate_closed")
+
+
+def gate_page_summary(destination: Destination, refusals: Sequence, run_id: str) -> str:
+    """One line naming every refusing check, within PagerDuty's summary limit."""
+    head = f"Sync {destination.key} refused by the quality gate (Dagster run {run_id}): "
+    names = sorted({r.check_name for r in refusals})
+    text = head + f"{len(names)} check(s): " + ", ".join(names)
+    if len(text) <= _SUMMARY_MAX:
+        return text
+    more = " ... (all in custom_details.refused_checks)"
+    return text[: _SUMMARY_MAX - len(more)] + more
+
+
 @dataclass(frozen=True)
 class GatePager:
-    """Pages for one sync's gate decision: trigger per refusing check, resolve what passes now.
+    """One page per refused sync: triggered when the set of refusing checks is new, resolved
+    after the destination next syncs successfully.
 
     Works from the sync step (`from_step`) and from the sensor that pages for syncs a run never
     started because a blocking check failed in it (`activation.gate.build_blocked_sync_sensor`).
@@ -254,85 +273,106 @@ class GatePager:
             if observation is not None and GATE_RUN in observation.metadata:
                 yield {name: value.value for name, value in observation.metadata.items()}
 
+    def _latest(self) -> dict[str, Any]:
+        return next(self._gate_records(), {})
+
     def open_pages(self) -> list[str]:
-        """Dedup keys this sync's gate paged and has not resolved yet (newest record wins)."""
-        for metadata in self._gate_records():
-            return list(metadata[OPEN_PAGES])
-        return []
+        """Dedup keys this sync's gate paged and has not resolved yet (newest record wins).
+        Keys of the per-check pages of earlier releases are resolved with the rest."""
+        return list(self._latest().get(OPEN_PAGES, []))
+
+    def paged_checks(self) -> list[str]:
+        """The refusing checks the open gate page names (empty when none is open)."""
+        latest = self._latest()
+        if gate_closed_key(self.destination) not in latest.get(OPEN_PAGES, []):
+            return []
+        return list(latest.get(PAGED_CHECKS, []))
 
     def decided_in(self, run_id: str) -> bool:
         """Whether a gate decision of `run_id` was already recorded for this sync."""
         return any(metadata[GATE_RUN] == run_id for metadata in self._gate_records())
 
-    def _remember(self, keys: Sequence[str], refused: Sequence[dict]) -> None:
+    def _remember(
+        self, keys: Sequence[str], paged: Sequence[str], refused: Sequence[dict] = ()
+    ) -> None:
         metadata: dict[str, object] = {
             OPEN_PAGES: dg.MetadataValue.json(sorted(keys)),
+            PAGED_CHECKS: dg.MetadataValue.json(sorted(paged)),
             GATE_RUN: self.run_id,
         }
         if refused:
             metadata["gate_refused_checks"] = dg.MetadataValue.json(list(refused))
         self.record(dg.AssetObservation(asset_key=self.sync_key, metadata=metadata))
 
-    def resolve_passing(self) -> None:
-        self.page_refusals([])
-
-    def page_refusals(self, refusals: Sequence, *, only_new: bool = False) -> None:
-        """Trigger a page per refusing check and resolve the open pages of checks that no longer
-        refuse (all of them when `refusals` is empty); `only_new` skips it all when every one is
-        already paged (the sensor's case: a failed run re-reads gates that may have paged before).
-        """
+    def page_refusals(self, refusals: Sequence) -> None:
+        """Page the owner once for this refused sync, naming every refusing check, unless the
+        open page already names exactly these checks. The decision is recorded either way, so
+        the sensor does not page again for a run whose sync step paged."""
         log = self.log
-        before = self.open_pages()
-        refused = {dedup_key(r.check.asset_key, r.check.name): r for r in refusals}
-        if not refused and not before:
+        if not refusals:
             return
-        if only_new and refused and set(refused) <= set(before):
+        key = gate_closed_key(self.destination)
+        before = self.open_pages()
+        already = self.paged_checks()
+        names = sorted({r.check_name for r in refusals})
+        refused = [
+            {"check": r.check_name, "result": r.result, "run_id": r.run_id} for r in refusals
+        ]
+        if names == already:
+            log.info(
+                f"Gate page {key} already names these {len(names)} refusing check(s); "
+                "not paging again."
+            )
+            self._remember(before, already, refused)
             return
         if self.pagerduty is None:
             log.error(
                 "PAGING NOT CONFIGURED: the sync asset was given no PagerDuty resource, so "
-                f"{len(refused)} refusing check(s) page nobody."
+                f"{len(names)} refusing check(s) page nobody."
             )
-            still_open = set(before)
-        else:
-            still_open = {
-                key
-                for key in before
-                if key not in refused
-                and not resolve_page(log, self.pagerduty, self.destination, key)
-            }
-            for key, refusal in refused.items():
-                delivered = page_owner(
-                    log,
-                    self.pagerduty,
-                    self.destination,
-                    key=key,
-                    summary=f"Sync {self.destination.key} blocked: {refusal.sentence()}",
-                    details={
-                        "check": refusal.check_name,
-                        "result": refusal.result,
-                        "check_run_id": refusal.run_id,
-                        "blocked_dagster_run_id": self.run_id,
-                    },
-                )
-                if delivered or key in before:
-                    still_open.add(key)
-        if not refused and still_open == set(before):
-            return  # every resolve failed (logged); the next gate pass tries again
-        if refused:
-            tell_slack(
-                log,
-                self.slack,
-                f"{self.destination.owner.slack_channel}: sync {self.destination.key} was blocked "
-                f"by the quality gate (Dagster run {self.run_id}); nothing was sent:\n"
-                + "\n".join(f"- {r.sentence()}" for r in refused.values()),
-            )
-        self._remember(
-            sorted(still_open),
-            [
-                {"check": r.check_name, "result": r.result, "run_id": r.run_id}
-                for r in refused.values()
-            ],
+            self._remember(before, already, refused)
+            return
+        delivered = page_owner(
+            log,
+            self.pagerduty,
+            self.destination,
+            key=key,
+            summary=gate_page_summary(self.destination, refusals, self.run_id),
+            details={
+                "cause": "gate_closed",
+                "refused_checks": refused,
+                "blocked_dagster_run_id": self.run_id,
+            },
         )
-        if before and not refused:
-            log.info(f"Gate open again: resolved pages {sorted(set(before) - still_open)}")
+        tell_slack(
+            log,
+            self.slack,
+            f"{self.destination.owner.slack_channel}: sync {self.destination.key} was blocked "
+            f"by the quality gate (Dagster run {self.run_id}); nothing was sent:\n"
+            + "\n".join(f"- {r.sentence()}" for r in refusals),
+        )
+        if delivered:
+            self._remember(sorted({*before, key}), names, refused)
+        else:  # the next refusal tries again
+            self._remember(before, already, refused)
+
+    def resolve(self) -> None:
+        """Resolve every open gate page of this sync (call after a successful sync)."""
+        before = self.open_pages()
+        if not before:
+            return
+        if self.pagerduty is None:
+            self.log.error(
+                f"PAGING NOT CONFIGURED: gate pages {before} stay open (no PagerDuty resource)."
+            )
+            return
+        still_open = [
+            key
+            for key in before
+            if not resolve_page(self.log, self.pagerduty, self.destination, key)
+        ]
+        self._remember(still_open, self.paged_checks() if still_open else [])
+        self.log.info(
+            f"Sync {self.destination.key} succeeded: resolved gate pages "
+            f"{sorted(set(before) - set(still_open))}"
+        )

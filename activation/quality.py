@@ -13,9 +13,14 @@ docs/quality-gate.md for Great Expectations and Elementary.
 
 import dagster as dg
 
-from activation.destinations import Destination
+from activation.destinations import Destination, load_destinations
 from activation.gate import build_blocked_sync_sensor
-from activation.guards import build_guard_check, warehouse_connection
+from activation.guards import (
+    build_guard_check,
+    fingerprint_metadata,
+    mart_fingerprints,
+    warehouse_connection,
+)
 from activation.paging import PagerDutyResource, pagerduty_events_url
 from activation.transform import mart_asset_key
 
@@ -41,6 +46,7 @@ def contact_emails_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
             f"(SELECT lower(email) FROM marts.{CONTACTS_MART} GROUP BY 1 HAVING count(*) > 1) "
             f"ORDER BY contact_id LIMIT {_EXAMPLES}"
         )
+        judged = mart_fingerprints(session, CONTACTS_MART, load_destinations())
     contacts = sum(int(count) for _, count in shared)
     if shared:
         context.log.error(f"{len(shared)} email addresses are shared by {contacts} contacts")
@@ -55,6 +61,7 @@ def contact_emails_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
             "shared_emails": len(shared),
             "contacts_sharing_an_email": contacts,
             "example_contact_ids": dg.MetadataValue.json([row[0] for row in examples]),
+            **fingerprint_metadata(judged),
         },
     )
 

@@ -18,7 +18,17 @@ import duckdb
 import pytest
 
 from activation.demo import ChainResult, run_chain
-from activation.gate import CheckRecord, Materialization, judge_check, latest_check_record
+from activation.gate import (
+    CheckRecord,
+    Evidence,
+    Materialization,
+    check_history,
+    judge_check,
+    judge_fingerprint,
+    latest_check_record,
+    run_location,
+)
+from activation.guards import FINGERPRINT_METADATA, Fingerprint
 from activation.sandbox.launcher import SandboxProcess
 from activation.transform import mart_asset_key
 from tests.gate_support import chain_sandbox, launch, step_failures, sync_key
@@ -53,23 +63,63 @@ def _good_again(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> None:
     assert run_chain(instance, console_log_level="WARNING").success
 
 
+def _repository() -> dg.RepositoryDefinition:
+    from activation.definitions import build_definitions
+
+    return build_definitions().get_repository_def()
+
+
+def _latest(instance: dg.DagsterInstance, check: dg.AssetCheckKey) -> CheckRecord | None:
+    return latest_check_record(instance, check, Evidence(instance, _repository()))
+
+
 def test_latest_check_record_is_pinned(good_run: ChainResult, instance: dg.DagsterInstance) -> None:
     """Pins the one non-public call: what the gate reads for a passed, never-run check."""
-    record = latest_check_record(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
+    record = _latest(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
     assert record is not None
     assert record.status == "passed" and record.severity == "ERROR"
     latest = instance.fetch_materializations(CONTACTS_MART, limit=1).records[0]
     assert record.target_storage_id == latest.storage_id
     assert record.run_id == latest.run_id
-    assert latest_check_record(instance, dg.AssetCheckKey(CONTACTS_MART, "no_such_check")) is None
+    assert _latest(instance, dg.AssetCheckKey(CONTACTS_MART, "no_such_check")) is None
+
+
+def test_check_history_and_run_location_are_pinned(
+    good_run: ChainResult, instance: dg.DagsterInstance
+) -> None:
+    """Pins what Dagster 1.13 stores, which the evidence rule relies on: an evaluation from a
+    step carries its run and step; a runless report carries run id "" and no step; an
+    in-process run carries no remote origin."""
+    check = dg.AssetCheckKey(CONTACTS_MART, "pinned_runless_probe")
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(asset_key=CONTACTS_MART, check_name=check.name, passed=True)
+    )
+    [runless] = check_history(instance, check)
+    assert (runless.run_id, runless.step_key) == ("", None)
+    assert runless.evaluation is not None and runless.evaluation.passed
+    assert Evidence(instance, _repository()).why_not(runless) == (
+        "an evaluation reported outside any run"
+    )
+    [stepped, *_] = check_history(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
+    assert stepped.run_id and stepped.step_key
+    run = instance.get_run_by_id(stepped.run_id)
+    assert run is not None and run_location(run) is None
 
 
 def test_in_run_guard_and_python_checks_ran_and_passed(
     good_run: ChainResult, instance: dg.DagsterInstance
 ) -> None:
-    for name in ("guard_salesforce_contacts", "contact_emails_unique"):
-        record = latest_check_record(instance, dg.AssetCheckKey(CONTACTS_MART, name))
+    for name in ("guard_salesforce_contacts", "contact_emails_unique", MART_UNIQUE):
+        record = _latest(instance, dg.AssetCheckKey(CONTACTS_MART, name))
         assert record is not None and record.status == "passed", name
+        # Every check on the mart recorded what it judged, per destination reading the mart.
+        assert record.fingerprints is not None, name
+        judged = record.fingerprints[CONTACTS]
+        assert judged.rows > 0 and int(judged.hash) > 0, name
+    staging = _latest(
+        instance, dg.AssetCheckKey(dg.AssetKey(["staging", "stg_customers"]), UNIQUE_CUSTOMER_ID)
+    )
+    assert staging is not None and staging.fingerprints is None
 
 
 def test_sync_alone_after_good_run_passes_the_gate(
@@ -110,8 +160,73 @@ def test_failed_dbt_test_in_earlier_run_blocks_a_hand_launched_sync(
     assert refused[check]["result"].startswith("failed")
     # The mart was not rebuilt in the bad run: its checks' last results still judge its data.
     assert not any(name.startswith("marts/") for name in refused), refused
-    planned = latest_check_record(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
+    planned = _latest(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
     assert planned is not None and planned.status == "passed" and planned.run_id != bad_run_id
+
+    _good_again(sandbox, instance)
+    assert launch(instance, sync_key(CONTACTS)).success
+
+
+def test_runless_passed_report_does_not_open_a_gate_a_failed_check_closed(
+    good_run: ChainResult, sandbox: SandboxProcess, instance: dg.DagsterInstance
+) -> None:
+    sandbox.set_scenario(bad_rows=True)
+    try:
+        assert not run_chain(instance, console_log_level="WARNING").success
+    finally:
+        sandbox.set_scenario()
+    bad_run_id = instance.get_run_records(limit=1)[0].dagster_run.run_id
+    staging = dg.AssetKey(["staging", "stg_customers"])
+    # What the webserver's unauthenticated POST /report_asset_check/ does.
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=staging, check_name=UNIQUE_CUSTOMER_ID, passed=True, description="forged"
+        )
+    )
+    triggers_before = sandbox.trigger_counts()
+
+    result = launch(instance, sync_key(CONTACTS))
+
+    assert not result.success
+    assert sandbox.trigger_counts() == triggers_before
+    [failure] = step_failures(result)
+    assert f"check staging/stg_customers:{UNIQUE_CUSTOMER_ID} failed" in failure.description
+    assert f"in run {bad_run_id}" in failure.description
+    warnings = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if "not counted as evidence" in (entry.user_message or "")
+    ]
+    assert any("reported outside any run" in w for w in warnings), warnings
+
+    _good_again(sandbox, instance)
+
+
+def test_row_edited_in_the_mart_after_its_checks_closes_the_gate(
+    good_run: ChainResult, sandbox: SandboxProcess, instance: dg.DagsterInstance
+) -> None:
+    _good_again(sandbox, instance)
+    checked_run = instance.get_run_records(limit=1)[0].dagster_run.run_id
+    with duckdb.connect(str(sandbox.data_dir / "warehouse.duckdb")) as connection:
+        connection.execute(
+            "UPDATE marts.mart_salesforce_contacts SET last_name = 'Edited' WHERE contact_id = "
+            "(SELECT min(contact_id) FROM marts.mart_salesforce_contacts)"
+        )
+    triggers_before = sandbox.trigger_counts()
+
+    result = launch(instance, sync_key(CONTACTS))
+
+    assert not result.success
+    assert sandbox.trigger_counts() == triggers_before
+    [failure] = step_failures(result)
+    assert "the mart changed since its checks ran" in failure.description
+    assert f"check marts/mart_salesforce_contacts:{MART_UNIQUE} judged" in failure.description
+    assert f"in run {checked_run}" in failure.description
+    refused = {r["check"] for r in failure.metadata["refused_checks"]}  # type: ignore[union-attr]
+    assert f"marts/mart_salesforce_contacts:{MART_UNIQUE}" in refused
+    assert not any(name.startswith("staging/") for name in refused), refused
+    # Another destination's mart did not change: its sync goes ahead.
+    assert launch(instance, sync_key("hubspot_contacts")).success
 
     _good_again(sandbox, instance)
     assert launch(instance, sync_key(CONTACTS)).success
@@ -180,18 +295,26 @@ def test_failing_python_check_on_the_mart_gates_the_same_way(
             [first[1], second[0]],
         )
     check = dg.AssetCheckKey(CONTACTS_MART, "contact_emails_unique")
-    defs = dg.Definitions.merge(
+    # A job this code location does not define: its evaluation is not evidence.
+    foreign = dg.Definitions.merge(
         build_definitions(),
         dg.Definitions(
             jobs=[dg.define_asset_job("check_emails", selection=dg.AssetSelection.checks(check))]
         ),
     )
-    checked = defs.resolve_job_def("check_emails").execute_in_process(
+    elsewhere = foreign.resolve_job_def("check_emails").execute_in_process(
         instance=instance, raise_on_error=False
     )
+    assert not elsewhere.get_asset_check_evaluations()[0].passed
+    # The check alone, in the code location's own asset job (a hand launch of the check).
+    own_job = build_definitions().resolve_implicit_global_asset_job_def()
+    checked = own_job.get_subset(
+        asset_selection=set(), asset_check_selection={check}
+    ).execute_in_process(instance=instance, raise_on_error=False)
     [evaluation] = checked.get_asset_check_evaluations()
     assert not evaluation.passed
     assert evaluation.metadata["contacts_sharing_an_email"].value == 2
+    assert CONTACTS in evaluation.metadata[FINGERPRINT_METADATA].value  # type: ignore[operator]
     triggers_before = sandbox.trigger_counts()
 
     result = launch(instance, sync_key(CONTACTS))
@@ -202,6 +325,9 @@ def test_failing_python_check_on_the_mart_gates_the_same_way(
         failure.description
     )
     assert f"in run {checked.run_id}" in failure.description
+    assert elsewhere.run_id not in failure.description
+    # The dbt tests judged the mart before the edit.
+    assert "the mart changed since its checks ran" in failure.description
 
     _good_again(sandbox, instance)
 
@@ -241,6 +367,30 @@ def test_judge_check(
         assert refusal is None
     else:
         assert refusal is not None and refused in refusal.result
+
+
+_JUDGED = Fingerprint(300, "123")
+
+
+@pytest.mark.parametrize(
+    ("fingerprints", "refused"),
+    [
+        ({CONTACTS: _JUDGED}, None),
+        ({CONTACTS: Fingerprint(300, "124")}, "the mart changed since its checks ran"),
+        ({CONTACTS: Fingerprint(299, "123")}, "the mart changed since its checks ran"),
+        ({"hubspot_contacts": _JUDGED}, "judged data without a fingerprint"),
+        (None, "judged data without a fingerprint"),
+    ],
+    ids=["same", "other-hash", "other-count", "other-destination", "none"],
+)
+def test_judge_fingerprint(fingerprints: dict | None, refused: str | None) -> None:
+    record = CheckRecord("passed", "r1", fingerprints=fingerprints)
+    refusal = judge_fingerprint(dg.AssetCheckKey(CONTACTS_MART, "c"), record, CONTACTS, _JUDGED)
+    if refused is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused in refusal.sentence()
+        assert refusal.sentence().endswith("in run r1")
 
 
 def test_module_has_no_future_import() -> None:

@@ -18,8 +18,10 @@ import yaml
 from activation.demo import run_chain
 from activation.destinations import Destination, Guards, load_destinations, parse_destinations
 from activation.guards import (
+    Fingerprint,
     GuardCounts,
     WarehouseError,
+    fingerprint,
     measure,
     record_synced_snapshot,
     violations,
@@ -121,6 +123,54 @@ def test_thresholds_under_and_over(guards: dict, blocked: bool) -> None:
         rows=99, snapshot_rows=100, added=1, changed=4, removed=2, duplicate_keys=0, null_keys=0
     )
     assert bool(violations(counts, destination)) is blocked
+
+
+def _fingerprint(path: Path, destination: Destination | None = None) -> Fingerprint:
+    with warehouse_connection(path, read_only=True) as session:
+        return fingerprint(session, destination or _contacts())
+
+
+def test_fingerprint_ignores_row_order(warehouse: Path) -> None:
+    before = _fingerprint(warehouse)
+    with duckdb.connect(str(warehouse)) as connection:
+        mart = "marts.mart_salesforce_contacts"
+        connection.execute(f"CREATE TABLE marts.shuffled AS SELECT * FROM {mart} ORDER BY random()")
+        connection.execute(f"DROP TABLE {mart}")
+        connection.execute(
+            f"CREATE TABLE {mart} AS SELECT * FROM marts.shuffled ORDER BY email DESC"
+        )
+    after = _fingerprint(warehouse)
+    assert before == after
+    assert before.rows == 100 and 0 < int(before.hash) < 2**60
+
+
+@pytest.mark.parametrize(
+    ("statement", "changes"),
+    [
+        ("UPDATE {mart} SET last_name = 'Byron' WHERE contact_id = 'C0042'", True),
+        ("UPDATE {mart} SET email = NULL WHERE contact_id = 'C0042'", True),
+        ("UPDATE {mart} SET contact_id = 'C9999' WHERE contact_id = 'C0042'", True),
+        ("DELETE FROM {mart} WHERE contact_id = 'C0042'", True),
+        ("UPDATE {mart} SET internal_note = 'vip' WHERE contact_id = 'C0042'", False),
+    ],
+    ids=["mapped-column", "mapped-to-null", "primary-key", "row-removed", "unmapped-column"],
+)
+def test_fingerprint_follows_the_mapped_columns_only(
+    warehouse: Path, statement: str, changes: bool
+) -> None:
+    mart = "marts.mart_salesforce_contacts"
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute(f"ALTER TABLE {mart} ADD COLUMN internal_note VARCHAR")
+    before = _fingerprint(warehouse)
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute(statement.format(mart=mart))
+    assert (_fingerprint(warehouse) != before) is changes
+
+
+def test_fingerprint_of_an_empty_mart(warehouse: Path) -> None:
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.execute("DELETE FROM marts.mart_salesforce_contacts")
+    assert _fingerprint(warehouse) == Fingerprint(0, "0")
 
 
 def test_missing_warehouse_names_the_file(tmp_path: Path) -> None:
@@ -234,7 +284,9 @@ def test_guard_check_targets_the_mart(sandbox: SandboxProcess) -> None:
     assert spec.blocking
 
 
-def test_same_counts_on_postgres(postgres_server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_counts_on_postgres(
+    postgres_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """With ACTIVATION_DBT_TARGET=postgres the guards read the PostgreSQL warehouse dbt builds."""
     database = postgres_server.create_database("activation_guards")
     for name, value in postgres_server.warehouse_environment(database).items():
@@ -260,9 +312,25 @@ def test_same_counts_on_postgres(postgres_server, monkeypatch: pytest.MonkeyPatc
             cursor.execute(f"UPDATE {mart} SET email = NULL WHERE contact_id = 'C0020'")
         with warehouse_connection(read_only=True) as session:
             counts = measure(session, destination)
+            on_postgres = fingerprint(session, destination)
     finally:
         connection.close()
     assert (counts.added, counts.changed, counts.removed) == (0, 5, 2)
+    # The same rows give the same fingerprint on DuckDB: the SQL is one on both engines.
+    same_rows = tmp_path / "same.duckdb"
+    with duckdb.connect(str(same_rows)) as duck:
+        duck.execute("CREATE SCHEMA marts")
+        duck.execute(
+            f"CREATE TABLE {mart} AS SELECT 'C' || lpad(range::VARCHAR, 4, '0') AS contact_id, "
+            "'A1' AS account_id, 'c' || range || '@example.com' AS email, 'Ada' AS first_name, "
+            "'Lovelace' AS last_name, 'lead' AS lifecycle_stage FROM range(100)"
+        )
+        duck.execute(f"UPDATE {mart} SET first_name = 'Grace' WHERE contact_id < 'C0003'")
+        duck.execute(f"UPDATE {mart} SET lifecycle_stage = NULL WHERE contact_id = 'C0010'")
+        duck.execute(f"DELETE FROM {mart} WHERE contact_id IN ('C0050', 'C0051')")
+        duck.execute(f"UPDATE {mart} SET email = NULL WHERE contact_id = 'C0020'")
+    assert on_postgres == _fingerprint(same_rows, destination)
+    assert on_postgres.rows == 98
     assert counts.null_required == {"email": 1}
     found = violations(counts, destination)
     assert any("5 rows would be changed, more than max_changed_rows=3" in f for f in found)

@@ -1,9 +1,10 @@
 """Paging the owner when the gate blocks: PagerDuty Events v2 and Slack, on the sandbox sinks.
 
-A run whose blocking dbt test fails pages (through the run-failure sensor) the owners of the syncs
-it blocked, routed to each owner's key; a later hand launch refused by the gate pages the same
-incidents; the first sync that passes the gate again resolves them with the same dedup keys. A
-PagerDuty sink that answers 500 is logged and leaves the gate closed.
+A refused sync is one page per destination (`activation/activate/<key>/gate_closed`) naming every
+refusing check. A run whose blocking dbt test fails pages (through the run-failure sensor) the
+owners of the syncs it blocked, routed to each owner's key; a later refusal by the same checks
+does not page again; the next successful sync resolves the page. A PagerDuty sink that answers
+500 is logged and leaves the gate closed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.gate_support import (
 )
 
 CONTACTS = "salesforce_contacts"
-STG_UNIQUE = "activation/staging/stg_customers/unique_stg_customers_customer_id"
+STG_CHECK = "staging/stg_customers:unique_stg_customers_customer_id"
 REVOPS = ROUTING_KEYS["PAGERDUTY_ROUTING_KEY_REVENUE_OPS"]
 MKTOPS = ROUTING_KEYS["PAGERDUTY_ROUTING_KEY_MARKETING_OPS"]
 
@@ -125,11 +126,56 @@ def _slack_url() -> str:
     return resolve_endpoints().slack_webhook_url or ""
 
 
-def test_blocked_run_pages_owners_then_passing_gate_resolves_the_same_keys(
+def _gate_key(destination_key: str) -> str:
+    return f"activation/activate/{destination_key}/gate_closed"
+
+
+def test_refused_sync_on_a_fresh_instance_pages_once_naming_every_check(
+    sandbox: SandboxProcess, tmp_path
+) -> None:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as fresh:
+        start = len(_pages(sandbox))
+
+        refused = launch(fresh, sync_key(CONTACTS))
+
+        assert not refused.success
+        [failure] = step_failures(refused)
+        checks = {r["check"] for r in failure.metadata["refused_checks"]}  # type: ignore[union-attr]
+        assert len(checks) > 10  # every dbt test upstream, the guard, the Python check
+        [page] = _pages(sandbox)[start:]
+        assert page["event_action"] == "trigger"
+        assert page["dedup_key"] == _gate_key(CONTACTS)
+        assert page["routing_key"] == REVOPS
+        details = page["payload"]["custom_details"]
+        assert details["cause"] == "gate_closed"
+        assert {r["check"] for r in details["refused_checks"]} == checks
+        assert details["blocked_dagster_run_id"] == refused.run_id
+        summary = page["payload"]["summary"]
+        assert f"{len(checks)} check(s)" in summary
+        assert pagerduty_errors(page) == []
+
+        # Refused again by the same checks: no new page.
+        assert not launch(fresh, sync_key(CONTACTS)).success
+        assert len(_pages(sandbox)) == start + 1
+
+        # The next successful sync resolves it, once.
+        good = _run_activate(fresh)
+        assert good.success, step_failures(good)
+        resolves = [p for p in _pages(sandbox)[start + 1 :] if p["event_action"] == "resolve"]
+        assert [(p["dedup_key"], p["routing_key"]) for p in resolves] == [
+            (_gate_key(CONTACTS), REVOPS)
+        ]
+        assert all(p["event_action"] == "resolve" for p in _pages(sandbox)[start + 1 :])
+        count = len(_pages(sandbox))
+        assert launch(fresh, sync_key(CONTACTS)).success
+        assert len(_pages(sandbox)) == count
+
+
+def test_blocked_run_pages_owners_once_then_a_successful_sync_resolves(
     sandbox: SandboxProcess, instance: dg.DagsterInstance
 ) -> None:
     assert _run_activate(instance).success
-    assert _pages(sandbox) == []
+    start = len(_pages(sandbox))
 
     sandbox.set_scenario(bad_rows=True)
     try:
@@ -137,46 +183,49 @@ def test_blocked_run_pages_owners_then_passing_gate_resolves_the_same_keys(
     finally:
         sandbox.set_scenario()
     assert not bad.success
+    assert _pages(sandbox)[start:] == []  # the sync steps never started
     _run_sensor(instance, bad)
 
-    triggers = [p for p in _pages(sandbox) if p["event_action"] == "trigger"]
-    by_destination = {}
+    triggers = [p for p in _pages(sandbox)[start:] if p["event_action"] == "trigger"]
+    by_destination: dict[str, list[dict]] = {}
     for page in triggers:
         by_destination.setdefault(page["payload"]["custom_details"]["destination"], []).append(page)
-    # Every sync downstream of stg_customers is blocked; each page goes to its own owner.
+    # Every sync downstream of stg_customers is blocked; one page each, to its own owner.
     assert set(by_destination) == {d.key for d in load_destinations()}
-    contacts_pages = by_destination[CONTACTS]
-    assert {p["routing_key"] for p in contacts_pages} == {REVOPS}
-    assert {p["routing_key"] for p in by_destination["hubspot_contacts"]} == {MKTOPS}
-    assert STG_UNIQUE in {p["dedup_key"] for p in contacts_pages}
+    assert all(len(pages) == 1 for pages in by_destination.values()), by_destination
+    [contacts_page] = by_destination[CONTACTS]
+    assert contacts_page["routing_key"] == REVOPS
+    assert contacts_page["dedup_key"] == _gate_key(CONTACTS)
+    assert by_destination["hubspot_contacts"][0]["routing_key"] == MKTOPS
+    refused = {r["check"] for r in contacts_page["payload"]["custom_details"]["refused_checks"]}
+    assert STG_CHECK in refused
+    assert STG_CHECK in contacts_page["payload"]["summary"]
     assert all(p["payload"]["severity"] == "error" for p in triggers)
     slack_texts = [n["body"]["text"] for n in sandbox.notifications("slack")]
     assert any(
         "sync salesforce_contacts was blocked" in t and "#revops-alerts" in t for t in slack_texts
     )
 
-    # The sensor does not page again for the same run, nor for checks already paged.
+    # The sensor does not page again for the same run.
     _run_sensor(instance, bad)
-    assert len(_pages(sandbox)) == len(triggers)
+    assert len(_pages(sandbox)) == start + len(triggers)
 
-    # A hand launch refused by the gate re-triggers the same incidents (PagerDuty deduplicates).
-    refused = launch(instance, sync_key(CONTACTS))
-    assert not refused.success
-    again = [p for p in _pages(sandbox)[len(triggers) :] if p["event_action"] == "trigger"]
-    assert {p["dedup_key"] for p in again} == {p["dedup_key"] for p in contacts_pages}
+    # A hand launch refused by the same checks does not page again.
+    refused_launch = launch(instance, sync_key(CONTACTS))
+    assert not refused_launch.success
+    assert len(_pages(sandbox)) == start + len(triggers)
 
     good = _run_activate(instance)
     assert good.success, step_failures(good)
-    resolves = [p for p in _pages(sandbox) if p["event_action"] == "resolve"]
+    resolves = [p for p in _pages(sandbox)[start:] if p["event_action"] == "resolve"]
     for destination in load_destinations():
-        paged = {p["dedup_key"] for p in by_destination[destination.key]}
         resolved = {
             p["dedup_key"]
             for p in resolves
             if p["routing_key"] == ROUTING_KEYS[destination.owner.pagerduty_routing_key_env]
         }
-        assert paged <= resolved, destination.key
-    # Resolved once: a further passing gate sends nothing.
+        assert _gate_key(destination.key) in resolved, destination.key
+    # Resolved once: a further successful sync sends nothing.
     count = len(_pages(sandbox))
     assert launch(instance, sync_key(CONTACTS)).success
     assert len(_pages(sandbox)) == count
