@@ -12,9 +12,9 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from activation.destinations import Destination, sync_asset_key_for
-from activation.gate import PagerDutyResource, enforce_gate
+from activation.paging import PagerDutyResource
 from activation.resources import HightouchResource, SlackWebhookResource
-from activation.sync_step import SyncOptions, run_destination_sync
+from activation.sync_step import SyncOptions, sync_destination
 from activation.transform import mart_asset_key
 
 ACTIVATE_GROUP = "activate"
@@ -90,13 +90,16 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
     ) -> dg.MaterializeResult:
-        # The gate reads check results across runs: whatever launched this step, untested or
-        # failed marts stop it before anything reaches Hightouch (and pages the owner).
-        enforce_gate(context, destination, pagerduty=pagerduty, slack=slack)
-        options = SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc)
-        metadata = run_destination_sync(
-            context, destination, hightouch, options, sync_asset_key(destination)
+        # The one sync path: the gate reads check results across runs, so whatever launched
+        # this step, untested, failed or changed marts stop it before anything reaches Hightouch.
+        result = sync_destination(
+            context,
+            destination,
+            hightouch=hightouch,
+            pagerduty=pagerduty,
+            slack=slack,
+            options=SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc),
         )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=result.metadata)
 
     return _sync

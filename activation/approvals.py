@@ -2,9 +2,12 @@
 
 Everything lives as observations on one asset, `promotion/approvals`:
 
-- `review_requested`: logged by the promotion run's `request_review` op. It holds the staging
-  Hightouch run and counts the reviewers were shown, the allow-list, the expiry, and the
-  *verifier* of the one-time approval code, never the code: verifier = sha256(proof),
+- `review_requested`: logged by the promotion run's `request_review` op, and counted only when
+  that op of that run wrote it (a record reported from outside the run is ignored, so no one can
+  plant a request that blocks the real reviewer). It holds what an approval is bound to: the run
+  family, the destination, the staging Hightouch run and counts the reviewers were shown, the
+  production sync and the full-resync flag; plus the allow-list, the expiry, and the *verifier*
+  of the one-time approval code, never the code: verifier = sha256(proof),
   proof = sha256(run id + code). 120 random bits make the verifier useless for guessing.
 - `decision`: an accepted approve/reject, written by `activation approve|reject` or the
   `sign_off_decision` job. It carries the proof (which only the code's holder can compute), so the
@@ -42,6 +45,7 @@ DECISION = "decision"
 REFUSED = "refused"
 PAGE_SIZE = 200
 TAG_PREFIX = "activation/sign_off"
+REVIEW_STEP = "request_review"  # the only step whose records count as a run's review request
 
 
 class Verdict(StrEnum):
@@ -104,17 +108,25 @@ class ReviewRequest:
     promotion_run_id: str
     staging: RunSummary
     production_sync: str
+    """The production Hightouch sync id the approval may trigger."""
     verifier: str
     allowed_reviewers: tuple[str, ...]
     requested_at: float
     expires_at: float
+    destination: str = ""
+    run_family: str = ""
+    """Root run id of the promote run: re-executions share it, and so share one approval."""
+    full_resync: bool = False
 
     def metadata(self) -> dict[str, Any]:
         return {
             "kind": REVIEW_REQUESTED,
             "promotion_run_id": self.promotion_run_id,
+            "run_family": self.run_family,
+            "destination": self.destination,
             **_staging_metadata(self.staging),
             "production_sync": self.production_sync,
+            "full_resync": self.full_resync,
             "code_verifier": self.verifier,
             "allowed_reviewers": ", ".join(self.allowed_reviewers) or "(anyone with the code)",
             "requested_at": utc_text(self.requested_at),
@@ -142,7 +154,31 @@ class ReviewRequest:
             else tuple(n.strip() for n in allowed.split(",")),
             requested_at=float(meta["requested_at_ts"]),
             expires_at=float(meta["expires_at_ts"]),
+            destination=str(meta.get("destination", "")),
+            run_family=str(meta.get("run_family", "")),
+            full_resync=bool(meta.get("full_resync", False)),
         )
+
+    def binding_problem(
+        self, *, run_family: str, destination: str, production_sync: str, full_resync: bool
+    ) -> str | None:
+        """Why this approval does not cover the production sync about to run, or None."""
+        approved = (
+            f"approved: promote run family {self.run_family}, destination {self.destination}, "
+            f"production sync {self.production_sync}, full_resync={self.full_resync}"
+        )
+        asked = (
+            f"asked now: family {run_family}, destination {destination}, production sync "
+            f"{production_sync}, full_resync={full_resync}"
+        )
+        if (run_family, destination, production_sync, full_resync) != (
+            self.run_family,
+            self.destination,
+            self.production_sync,
+            self.full_resync,
+        ):
+            return f"the approval does not cover this production sync ({approved}; {asked})"
+        return None
 
 
 @dataclass(frozen=True)
@@ -160,6 +196,10 @@ class Decision:
     """The staging run and counts the reviewer was shown (from the review request)."""
     source: str
     proof: str = ""
+    destination: str = ""
+    """What the approval covers, copied from the review request for the audit trail."""
+    production_sync: str = ""
+    full_resync: bool = False
 
     @property
     def decided_at_utc(self) -> str:
@@ -177,6 +217,9 @@ class Decision:
             "decided_at_ts": self.decided_at,
             "comment" if self.verdict is Verdict.APPROVE else "reason": self.note,
             **_staging_metadata(self.staging),
+            "destination": self.destination,
+            "production_sync": self.production_sync,
+            "full_resync": self.full_resync,
             "source": self.source,
             "proof": self.proof,
         }
@@ -199,6 +242,9 @@ class Decision:
             ),
             source=str(meta.get("source", "")),
             proof=str(meta.get("proof", "")),
+            destination=str(meta.get("destination", "")),
+            production_sync=str(meta.get("production_sync", "")),
+            full_resync=bool(meta.get("full_resync", False)),
         )
 
 
@@ -210,6 +256,9 @@ class Entry:
     timestamp: float
     kind: str
     meta: dict[str, Any]
+    run_id: str = ""
+    """The run that wrote it; empty for a report from outside any run (CLI, API)."""
+    step_key: str = ""
 
 
 # -- the rules (pure) ----------------------------------------------------------------------------
@@ -258,10 +307,15 @@ def refusal(
 
 
 def latest_request(entries: Sequence[Entry], promotion_run_id: str) -> ReviewRequest | None:
+    # Only the run's own request_review step writes its request: a record reported from outside
+    # the run, or by another run, naming this run is a forgery and is ignored.
     requests = [
         e
         for e in entries
-        if e.kind == REVIEW_REQUESTED and e.meta.get("promotion_run_id") == promotion_run_id
+        if e.kind == REVIEW_REQUESTED
+        and e.meta.get("promotion_run_id") == promotion_run_id
+        and e.run_id == promotion_run_id
+        and e.step_key == REVIEW_STEP
     ]
     return ReviewRequest.from_metadata(requests[-1].meta) if requests else None
 
@@ -327,8 +381,16 @@ def read_entries(instance: dg.DagsterInstance, *, since: float) -> list[Entry]:
             if observation is None:
                 continue
             meta = {k: _plain(v) for k, v in observation.metadata.items()}
+            log_entry = record.event_log_entry
             entries.append(
-                Entry(record.storage_id, record.timestamp, str(meta.get("kind", "")), meta)
+                Entry(
+                    record.storage_id,
+                    record.timestamp,
+                    str(meta.get("kind", "")),
+                    meta,
+                    run_id=log_entry.run_id or "",
+                    step_key=log_entry.step_key or "",
+                )
             )
         if not result.has_more:
             return entries
@@ -440,6 +502,9 @@ def record_decision(
         staging=request.staging,
         source=source,
         proof=proof,
+        destination=request.destination,
+        production_sync=request.production_sync,
+        full_resync=request.full_resync,
     )
     _report(
         instance,
@@ -457,6 +522,30 @@ def record_decision(
             f"({other}); this one does not count",
         )
     return decision
+
+
+def verified_approval(instance: dg.DagsterInstance, approval: Decision) -> ReviewRequest:
+    """The review request an approval answers, re-read from the records; raises
+    `DecisionRefused` unless the records hold that very approval as the run's first valid
+    decision. The production step calls it instead of trusting the value handed to it, so an
+    approval is only ever what the approvals asset says was decided."""
+    run_id = approval.promotion_run_id
+    record = instance.get_run_record_by_id(run_id) if run_id else None
+    if record is None:
+        raise DecisionRefused(f"no Dagster run {run_id!r} holds the review this approval answers")
+    entries = read_entries(instance, since=record.create_timestamp.timestamp() - 1)
+    request = latest_request(entries, run_id)
+    if request is None:
+        raise DecisionRefused(f"promotion run {run_id} has no review request of its own")
+    decision = first_decision(request, entries)
+    if decision is None or decision.decision_id != approval.decision_id:
+        raise DecisionRefused(
+            f"the approval handed to this step is not the recorded decision of promotion run "
+            f"{run_id}"
+        )
+    if decision.verdict is not Verdict.APPROVE:
+        raise DecisionRefused(f"promotion run {run_id} was rejected by {decision.reviewer}")
+    return request
 
 
 def tag_run(instance: dg.DagsterInstance, run_id: str, tags: Mapping[str, str]) -> None:

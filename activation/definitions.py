@@ -12,7 +12,8 @@ from dagster_airbyte import AirbyteWorkspace
 
 from activation.activate import PARALLEL_SYNCS, build_sync_asset, sync_asset_key
 from activation.automation import build_automation_definitions
-from activation.destinations import load_destinations
+from activation.dbt_project import dbt_project
+from activation.destinations import load_destinations, validate_against_manifest_file
 from activation.environment import resolve_endpoints
 from activation.ingest import build_ingest_assets
 from activation.promotion import build_promotion_definitions
@@ -58,6 +59,8 @@ def build_definitions() -> dg.Definitions:
         build_dbt_assets(),
         *(build_sync_asset(d) for d in destinations),
     ]
+    # After the dbt assets, so a missing manifest is reported by them with its own fix.
+    validate_against_manifest_file(destinations, dbt_project.manifest_path)
     activate_job = dg.define_asset_job(
         "activate",
         selection=dg.AssetSelection.groups("ingest", "transform")
@@ -83,7 +86,7 @@ def build_definitions() -> dg.Definitions:
         core,
         build_quality_definitions(destinations),
         build_automation_definitions(assets, destinations),
-        build_promotion_definitions(),
+        build_promotion_definitions(destinations),
         build_resync_definitions(destinations),
     )
 

@@ -22,8 +22,8 @@ from dagster import OpExecutionContext
 from pydantic import Field
 
 from activation.activate import PARALLEL_SYNCS
-from activation.destinations import Destination, sync_asset_key_for
-from activation.gate import GateClosed, enforce_gate
+from activation.destinations import Destination
+from activation.gate import GateClosed
 from activation.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.paging import PagerDutyResource, page_sync_failure
 from activation.resources import HightouchResource, SlackWebhookResource
@@ -33,7 +33,7 @@ from activation.run_summary import (
     outcome_from_metadata,
     summary_table,
 )
-from activation.sync_step import SyncOptions, run_destination_sync
+from activation.sync_step import SyncOptions, sync_destination
 
 ONE_OFF_JOB = ONE_OFF_RESYNC_JOB
 REQUESTED_BY_TAG = "activation/requested_by"
@@ -42,6 +42,11 @@ REQUESTED_BY_TAG = "activation/requested_by"
 class FullResyncConfig(dg.Config):
     """The full_resync form."""
 
+    reason: str = Field(
+        description="Why every destination is resent (a schema change, a lost CRM object...); "
+        "kept in the plan's metadata and the summary."
+    )
+    requested_by: str = Field(description="Who asked for it (name or team).")
     destinations: list[str] = Field(
         default=[],
         description="Keys of the destinations to resync (see destinations.yaml). Empty: all.",
@@ -55,7 +60,8 @@ class FullResyncConfig(dg.Config):
         default={},
         description="Move a destination to another wave for this run only, e.g. "
         '{"hubspot_contacts": 2}. Waves come from destinations.yaml; a wave number must be one '
-        "of the declared ones.",
+        "of the declared ones, and later than the wave of every destination it is declared "
+        "`after`.",
     )
     pause_seconds: float = Field(
         default=60.0,
@@ -93,15 +99,20 @@ def sync_in_op(
     pagerduty: PagerDutyResource,
     slack: SlackWebhookResource,
 ) -> SyncOutcome:
-    """Gate, sync and record one destination from an op; failures come back as an outcome.
-    A gate refusal pages the owner exactly as it does for the sync asset."""
-    key = sync_asset_key_for(destination.key)
+    """One destination through the one sync path, from an op; a refusal or a failure comes
+    back as an outcome so the other destinations go on."""
     try:
-        enforce_gate(context, destination, pagerduty=pagerduty, slack=slack)
+        result = sync_destination(
+            context,
+            destination,
+            hightouch=hightouch,
+            pagerduty=pagerduty,
+            slack=slack,
+            options=options,
+            extra_metadata={**(extra_metadata or {}), "full_resync": options.full_resync},
+        )
     except GateClosed as closed:
         return SyncOutcome(destination.key, "blocked", None, None, detail=closed.description or "")
-    try:
-        metadata = run_destination_sync(context, destination, hightouch, options, key)
     except dg.Failure as failure:
         context.log.error(failure.description or f"{destination.key} failed")
         return outcome_from_metadata(
@@ -110,13 +121,7 @@ def sync_in_op(
             status="failed",
             detail=failure.description or "",
         )
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key=key,
-            metadata={**metadata, **(extra_metadata or {}), "full_resync": options.full_resync},
-        )
-    )
-    return outcome_from_metadata(destination.key, metadata)
+    return outcome_from_metadata(destination.key, result.metadata)
 
 
 def _report(
@@ -172,6 +177,13 @@ def declared_waves(destinations: tuple[Destination, ...]) -> list[int]:
 
 def plan_waves(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> dict[str, int]:
     """Destination key -> wave for this run; raises naming the bad field and value."""
+    blank = [name for name in ("reason", "requested_by") if not getattr(config, name).strip()]
+    if blank:
+        raise dg.Failure(
+            description=f"full_resync config: {' and '.join(blank)} must not be empty. "
+            "Nothing was synced.",
+            allow_retries=False,
+        )
     keys = [d.key for d in destinations]
     waves = declared_waves(destinations)
     unknown = [k for k in [*config.destinations, *config.wave_overrides] if k not in keys]
@@ -189,9 +201,28 @@ def plan_waves(config: FullResyncConfig, destinations: tuple[Destination, ...]) 
             allow_retries=False,
         )
     chosen = set(config.destinations or keys)
-    return {
+    plan = {
         d.key: config.wave_overrides.get(d.key, d.wave) for d in destinations if d.key in chosen
     }
+    # A destination's op only sees the results of earlier waves, so one placed in the same wave
+    # as (or before) a destination it is declared `after` would sync without waiting for it.
+    misordered = [
+        f"{d.key} (wave {plan[d.key]}) is declared after {upstream} (wave {plan[upstream]})"
+        for d in destinations
+        if d.key in plan
+        for upstream in d.after
+        if upstream in plan and plan[upstream] >= plan[d.key]
+    ]
+    if misordered:
+        raise dg.Failure(
+            description="full_resync config: the waves (after wave_overrides) break the "
+            "declared order: "
+            + "; ".join(misordered)
+            + ". A destination must run in a later wave than those it is declared after. "
+            "Nothing was synced.",
+            allow_retries=False,
+        )
+    return plan
 
 
 def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition:
@@ -203,14 +234,32 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
     )
     def plan(context: OpExecutionContext, config: FullResyncConfig) -> dict:
         plan = plan_waves(config, destinations)
+        reason, requested_by = config.reason.strip(), config.requested_by.strip()
         context.log.info(
             "Wave plan: "
             + "; ".join(
                 f"wave {w}: {', '.join(k for k, v in plan.items() if v == w) or '-'}" for w in waves
             )
             + f"; pause {config.pause_seconds:g} s; full_resync={config.full_resync}"
+            + f"; requested by {requested_by}: {reason}"
         )
-        return {"plan": plan, "full_resync": config.full_resync, "pause": config.pause_seconds}
+        context.add_output_metadata(
+            {
+                "reason": reason,
+                "requested_by": requested_by,
+                # A claim, like any tag: open-source Dagster does not authenticate users.
+                "dagster_user": context.run.tags.get("dagster/user") or "not set",
+                "plan": dg.MetadataValue.json(plan),
+                "full_resync": config.full_resync,
+            }
+        )
+        return {
+            "plan": plan,
+            "full_resync": config.full_resync,
+            "pause": config.pause_seconds,
+            "reason": reason,
+            "requested_by": requested_by,
+        }
 
     def destination_op(destination: Destination, wave: int) -> dg.OpDefinition:
         @dg.op(

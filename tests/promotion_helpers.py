@@ -104,15 +104,49 @@ class Reviewer:
         return self.outcome
 
 
+PROMOTED = "salesforce_contacts"
+STAGING_STEP = f"staging_sync__{PROMOTED}"
+PRODUCTION_STEP = f"production_sync__{PROMOTED}"
+
+
 def promote_config(**changes: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "staging_sync": "salesforce-contacts-staging",
-        "production_sync": "salesforce-contacts",
+        "destination": PROMOTED,
         "allowed_reviewers": ["alice", "bob"],
         "approval_timeout_seconds": 30.0,
         "poll_interval_seconds": 0.2,
     }
     return {**values, **changes}
+
+
+def location_definitions() -> dg.Definitions:
+    """The code location's definitions, with step outputs kept on disk as a deployment keeps
+    them (execute_in_process would keep them in memory, and a re-execution could not load
+    the approval that `sign_off` handed to production)."""
+    from activation.definitions import build_definitions
+
+    return dg.Definitions.merge(
+        build_definitions(), dg.Definitions(resources={"io_manager": dg.FilesystemIOManager()})
+    )
+
+
+def promote_job() -> dg.JobDefinition:
+    """The promote job, rebuilt from the environment (a re-execution's step processes call
+    this again)."""
+    return location_definitions().resolve_job_def("promote")
+
+
+def check_marts(instance: dg.DagsterInstance) -> None:
+    """Airbyte, dbt build with every test, the guards and the Python check: everything the
+    gate needs before a sync, and no sync."""
+    from activation.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("activate")
+    selection = [key for key in job.asset_layer.executable_asset_keys if key.path[0] != "activate"]
+    result = job.execute_in_process(
+        instance=instance, asset_selection=selection, raise_on_error=False
+    )
+    assert result.success, [e.step_key for e in result.all_events if e.is_step_failure]
 
 
 def step_metadata(result: dg.ExecuteInProcessResult, step: str) -> dict[str, Any]:
@@ -132,30 +166,11 @@ def failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
     raise AssertionError(f"step {step} did not fail")
 
 
-def promotion_definitions(sandbox_url: str) -> dg.Definitions:
-    """The promotion jobs with resources pointed at the sandbox (quick polling for tests)."""
-    from activation.environment import SANDBOX_HIGHTOUCH_PREFIX, SANDBOX_SLACK_WEBHOOK_PATH
-    from activation.promotion import build_promotion_definitions
-    from activation.resources import HightouchResource, SlackWebhookResource
+def _run_sign_off_job(instance_ref: Any, form: dict, answer: Any) -> None:
+    from activation.promotion import sign_off_job
 
-    core = dg.Definitions(
-        resources={
-            "hightouch": HightouchResource(
-                api_base_url=sandbox_url + SANDBOX_HIGHTOUCH_PREFIX,
-                api_token=dg.EnvVar("HIGHTOUCH_API_TOKEN"),
-                app_url=sandbox_url + "/hightouch/app",
-                poll_interval_seconds=0.1,
-                max_poll_interval_seconds=0.2,
-            ),
-            "slack": SlackWebhookResource(webhook_url=sandbox_url + SANDBOX_SLACK_WEBHOOK_PATH),
-        }
-    )
-    return dg.Definitions.merge(core, build_promotion_definitions())
-
-
-def _run_sign_off_job(instance_ref: Any, sandbox_url: str, form: dict, answer: Any) -> None:
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        job = promotion_definitions(sandbox_url).resolve_job_def("sign_off_decision")
+        job = sign_off_job
         result = job.execute_in_process(
             run_config={"ops": {"record_sign_off": {"config": form}}},
             instance=instance,
@@ -164,14 +179,12 @@ def _run_sign_off_job(instance_ref: Any, sandbox_url: str, form: dict, answer: A
         answer.put(result.run_id)
 
 
-def launch_sign_off_job(instance: dg.DagsterInstance, sandbox_url: str, form: dict) -> str:
+def launch_sign_off_job(instance: dg.DagsterInstance, form: dict) -> str:
     """Run the sign_off_decision job in a child process (two in-process Dagster runs in one
     process contend for Python's logging locks and can deadlock); returns its run id."""
     spawn = multiprocessing.get_context("spawn")
     answer = spawn.Queue()
-    child = spawn.Process(
-        target=_run_sign_off_job, args=(instance.get_ref(), sandbox_url, form, answer)
-    )
+    child = spawn.Process(target=_run_sign_off_job, args=(instance.get_ref(), form, answer))
     child.start()
     run_id = answer.get(timeout=180)
     child.join(timeout=60)

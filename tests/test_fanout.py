@@ -142,10 +142,18 @@ def test_full_resync_runs_in_waves_with_a_pause_and_removes_nothing(world: World
     pause = 1.5
     result = job.execute_in_process(
         instance=world.instance,
-        run_config={"ops": {"resync_plan": {"config": {"pause_seconds": pause}}}},
+        run_config=_full_resync_config(pause_seconds=pause),
         raise_on_error=False,
     )
     assert result.success
+    plan_metadata = _plan_metadata(result)
+    assert plan_metadata["reason"].value == "schema change in the marts"
+    assert plan_metadata["requested_by"].value == "ops@data"
+    settings = result.output_for_node("resync_plan")
+    assert (settings["reason"], settings["requested_by"]) == (
+        "schema change in the marts",
+        "ops@data",
+    )
     windows = step_windows(world.instance, result.run_id)
     synced = {
         key: window
@@ -172,6 +180,18 @@ def test_full_resync_runs_in_waves_with_a_pause_and_removes_nothing(world: World
     assert len(result.get_asset_materialization_events()) == len(DESTINATIONS)
 
 
+def _full_resync_config(**config: object) -> dict:
+    base = {"reason": "schema change in the marts", "requested_by": "ops@data"}
+    return {"ops": {"resync_plan": {"config": {**base, **config}}}}
+
+
+def _plan_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    output = next(
+        e for e in result.all_events if e.is_successful_output and e.step_key == "resync_plan"
+    )
+    return output.step_output_data.metadata
+
+
 def _synced_in(result: dg.ExecuteInProcessResult, step_key: str) -> bool:
     return any(
         e.step_key == step_key and e.event_type_value == "ASSET_MATERIALIZATION"
@@ -188,13 +208,7 @@ def test_a_bad_wave_override_is_refused_before_any_sync(world: World) -> None:
         .resolve_job_def("full_resync")
         .execute_in_process(
             instance=world.instance,
-            run_config={
-                "ops": {
-                    "resync_plan": {
-                        "config": {"wave_overrides": {"braze_users": 7}, "pause_seconds": 0}
-                    }
-                }
-            },
+            run_config=_full_resync_config(wave_overrides={"braze_users": 7}, pause_seconds=0),
             raise_on_error=False,
         )
     )
@@ -202,6 +216,78 @@ def test_a_bad_wave_override_is_refused_before_any_sync(world: World) -> None:
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "wave_overrides" in str(failure.step_failure_data.user_failure_data.description)
     assert world.sandbox.trigger_counts() == before
+
+
+def _refusal(world: World, **config: object) -> str:
+    """Run full_resync with `config`; assert it failed in the plan before any trigger, and
+    return the plan's failure description."""
+    from activation.definitions import build_definitions
+
+    before = world.sandbox.trigger_counts()
+    result = (
+        build_definitions()
+        .resolve_job_def("full_resync")
+        .execute_in_process(
+            instance=world.instance,
+            run_config=_full_resync_config(pause_seconds=0, **config),
+            raise_on_error=False,
+        )
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "resync_plan"
+    assert world.sandbox.trigger_counts() == before
+    return str(failure.step_failure_data.user_failure_data.description)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"salesforce_contacts": 1},
+            "salesforce_contacts (wave 1) is declared after salesforce_accounts (wave 1)",
+        ),
+        (
+            {"salesforce_accounts": 2},
+            "salesforce_contacts (wave 2) is declared after salesforce_accounts (wave 2)",
+        ),
+    ],
+    ids=["dependent-moved-into-its-upstreams-wave", "upstream-moved-into-the-dependents-wave"],
+)
+def test_a_wave_override_against_the_declared_order_is_refused_before_any_sync(
+    world: World, overrides: dict[str, int], expected: str
+) -> None:
+    assert expected in _refusal(world, wave_overrides=overrides)
+
+
+@pytest.mark.parametrize("field", ["reason", "requested_by"])
+def test_a_full_resync_without_a_reason_or_requester_is_refused(world: World, field: str) -> None:
+    description = _refusal(world, **{field: "   "})
+    assert f"{field} must not be empty" in description
+
+
+def test_the_full_resync_form_requires_reason_and_requested_by(world: World) -> None:
+    from activation.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("full_resync")
+    with pytest.raises(dg.DagsterInvalidConfigError) as error:
+        job.execute_in_process(
+            instance=world.instance,
+            run_config={"ops": {"resync_plan": {"config": {"pause_seconds": 0}}}},
+        )
+    assert "reason" in str(error.value) and "requested_by" in str(error.value)
+
+
+def test_the_declared_order_only_binds_destinations_selected_in_the_run() -> None:
+    from activation.resync import FullResyncConfig, plan_waves
+
+    config = FullResyncConfig(
+        reason="contacts only",
+        requested_by="ops",
+        destinations=["salesforce_contacts"],
+        wave_overrides={"salesforce_contacts": 1},
+    )
+    assert plan_waves(config, tuple(DESTINATIONS.values())) == {"salesforce_contacts": 1}
 
 
 def test_a_one_off_resync_records_who_asked_and_why(world: World) -> None:

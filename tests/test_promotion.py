@@ -1,6 +1,8 @@
-"""The `promote` job with a human sign-off, end to end: real Dagster execution, the sandbox's
-Hightouch over HTTP (staging syncs enabled), decisions from the CLI in a child process, the CLI in
-process, the `sign_off_decision` job and raw observations, all against one SQLite Dagster home."""
+"""The `promote` job with a human sign-off, end to end: real Dagster execution, real dbt checks
+on a real DuckDB file, the sandbox's Hightouch over HTTP, decisions from the CLI in a child
+process, the CLI in process, the `sign_off_decision` job and raw observations, all against one
+SQLite Dagster home. Side effects are counted where they land: triggers at the Hightouch
+stand-in, records at the CRM stand-in."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import dagster as dg
+import duckdb
 import pytest
 
 from activation import cli as activation_cli
 from activation.approvals import (
     APPROVALS_KEY,
     DECISION,
+    REVIEW_REQUESTED,
     ReviewRequest,
     Verdict,
     code_proof,
@@ -28,29 +32,33 @@ from activation.approvals import (
     refusal,
     tag_run,
 )
-from activation.environment import (
-    SANDBOX_URL_VAR,
-)
-from activation.promotion import build_promotion_definitions
+from activation.demo import prepare_dbt_manifest, sandbox_environment
+from activation.destinations import load_destinations
+from activation.environment import SANDBOX_URL_VAR
+from activation.promotion import PromotionFormError, build_promotion_definitions
 from activation.review_messages import ADAPTIVE_CARD_CONTENT_TYPE, RunSummary
-from activation.sandbox.launcher import SandboxProcess, start_sandbox
+from activation.sandbox.launcher import SandboxProcess
+from tests.gate_support import ROUTING_KEYS
 from tests.promotion_helpers import (
+    PRODUCTION_STEP,
+    STAGING_STEP,
     Invitation,
     Reviewer,
+    check_marts,
     failure_message,
     launch_sign_off_job,
+    location_definitions,
     promote_config,
-    promotion_definitions,
+    promote_job,
     run_cli,
     run_cli_here,
     run_step_metadata,
     step_metadata,
 )
-from tests.sandbox_marts import build_mart, reset
+from tests.sandbox_marts import reset
 
 TOKEN = "promotion-test-token-7d3e91aa"
-ROWS = 40
-STAGING_SYNC_ID = "403"  # salesforce-contacts-staging: the sandbox numbers staging twins after 401
+STAGING_SYNC_ID = "403"  # salesforce_contacts' staging twin, declared in destinations.yaml
 PRODUCTION_SYNC_ID = "102"  # salesforce-contacts
 
 
@@ -69,18 +77,31 @@ def instance(home: str) -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture(scope="module")
-def promo_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+def promo_sandbox(
+    tmp_path_factory: pytest.TempPathFactory, instance: dg.DagsterInstance
+) -> Iterator[SandboxProcess]:
+    """The sandbox selected through the environment, with the marts built and checked once (no
+    sync): the state in which a team would start a promotion."""
     folder = tmp_path_factory.mktemp("promotion") / "data"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACTIVATION_SANDBOX_STAGING_SYNCS", "1")
         patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        sandbox = start_sandbox(folder, "--phase-seconds", "0.05")
-        patch.setenv(SANDBOX_URL_VAR, sandbox.url)
-        try:
-            build_mart(sandbox.data_dir, "mart_salesforce_contacts", ROWS)
+        patch.setenv("ACTIVATION_SYNC_RETRY_DELAY_SECONDS", "0")
+        for name, value in ROUTING_KEYS.items():
+            patch.setenv(name, value)
+        load_destinations.cache_clear()
+        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
+            prepare_dbt_manifest()
+            check_marts(instance)
             yield sandbox
-        finally:
-            sandbox.stop()
+
+
+@pytest.fixture(scope="module")
+def mart_rows(promo_sandbox: SandboxProcess) -> int:
+    path = promo_sandbox.data_dir / "warehouse.duckdb"
+    with duckdb.connect(str(path), read_only=True) as connection:
+        return connection.execute("select count(*) from marts.mart_salesforce_contacts").fetchone()[
+            0
+        ]
 
 
 @pytest.fixture
@@ -90,7 +111,7 @@ def sandbox(promo_sandbox: SandboxProcess) -> SandboxProcess:
 
 @pytest.fixture(scope="module")
 def defs(promo_sandbox: SandboxProcess) -> dg.Definitions:
-    return promotion_definitions(promo_sandbox.url)
+    return location_definitions()
 
 
 def promote(
@@ -123,7 +144,11 @@ def reject_args(invitation: Invitation, reviewer: str = "bob", reason: str = "to
 
 
 def test_cli_approval_promotes_once_and_records_the_decision_in_the_run(
-    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess, home: str
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    sandbox: SandboxProcess,
+    home: str,
+    mart_rows: int,
 ) -> None:
     reviewer = Reviewer(
         sandbox, lambda inv: run_cli(home, *approve_args(inv, "Alice", comment="counts look right"))
@@ -135,21 +160,21 @@ def test_cli_approval_promotes_once_and_records_the_decision_in_the_run(
     assert "Recorded: approve of promotion run" in answer.stdout and "by Alice" in answer.stdout
     assert result.success
     assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
-    assert len(production_records(sandbox)) == ROWS
-    assert len(sandbox.records("salesforce", "Contact_staging")) == ROWS
+    assert len(production_records(sandbox)) == mart_rows
+    assert len(sandbox.records("salesforce", "Contact_staging")) == mart_rows
 
-    staging = step_metadata(result, "staging_sync")
+    staging = step_metadata(result, STAGING_STEP)
     signed = step_metadata(result, "sign_off")
-    assert staging["planned_added"] == ROWS
+    assert staging["planned_added"] == mart_rows
     assert signed["reviewer"] == "Alice" and signed["decision"] == "approve"
     assert signed["comment"] == "counts look right"
     assert signed["staging_run_id"] == staging["hightouch_run_id"]
-    assert signed["staging_planned_added"] == ROWS and signed["staging_failed_added"] == 0
+    assert signed["staging_planned_added"] == mart_rows and signed["staging_failed_added"] == 0
     assert datetime.fromisoformat(signed["decided_at"]).utcoffset().total_seconds() == 0
     assert "proof" not in signed
-    production = step_metadata(result, "production_sync")
+    production = step_metadata(result, PRODUCTION_STEP)
     assert production["hightouch_sync_id"] == PRODUCTION_SYNC_ID
-    assert production["successful_added"] == ROWS and production["approved_by"] == "Alice"
+    assert production["successful_added"] == mart_rows and production["approved_by"] == "Alice"
 
     tags = instance.get_run_by_id(result.run_id).tags
     assert tags["activation/sign_off/reviewer"] == "Alice"
@@ -165,7 +190,7 @@ def test_cli_approval_promotes_once_and_records_the_decision_in_the_run(
     in_run = [
         e.event_specific_data.asset_observation.metadata  # type: ignore[union-attr]
         for e in result.all_events
-        if e.event_type_value == "ASSET_OBSERVATION"
+        if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key == APPROVALS_KEY
     ]
     assert [m["kind"].value for m in in_run] == ["review_requested", "sign_off"]
 
@@ -178,7 +203,7 @@ def test_cli_approval_promotes_once_and_records_the_decision_in_the_run(
 
 
 def test_review_message_and_card_carry_the_counts_and_how_to_answer(
-    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess
+    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess, mart_rows: int
 ) -> None:
     reviewer = Reviewer(
         sandbox, lambda inv: activation_cli.main(reject_args(inv, reason="checking the message"))
@@ -188,10 +213,10 @@ def test_review_message_and_card_carry_the_counts_and_how_to_answer(
     invitation = reviewer.invitation
     assert invitation is not None
 
-    staging_run = step_metadata(result, "staging_sync")["hightouch_run_id"]
+    staging_run = step_metadata(result, STAGING_STEP)["hightouch_run_id"]
     slack = invitation.slack_text
     assert f"Staging Hightouch run {staging_run} (success)" in slack
-    assert f"+{ROWS} added, ~0 changed, -0 removed" in slack
+    assert f"+{mart_rows} added, ~0 changed, -0 removed" in slack
     assert "0 failed (0 added, 0 changed, 0 removed)" in slack
     assert f"activation reject {invitation.run_id} --reviewer YOUR_NAME --code" in slack
     assert "job `sign_off_decision`" in slack and "Allowed reviewers: alice, bob" in slack
@@ -205,7 +230,7 @@ def test_review_message_and_card_carry_the_counts_and_how_to_answer(
     facts = {f["title"]: f["value"] for b in card["body"] if b["type"] == "FactSet"
              for f in b["facts"]}  # fmt: skip
     assert facts["Staging Hightouch run"] == f"{staging_run} (success)"
-    assert facts["Planned"] == f"+{ROWS} added, ~0 changed, -0 removed"
+    assert facts["Planned"] == f"+{mart_rows} added, ~0 changed, -0 removed"
     assert facts["Failed"].startswith("0 failed")
     assert facts["Approval code"] == invitation.code
     assert any(a["url"].endswith(f"/runs/{staging_run}") for a in card["actions"])
@@ -214,7 +239,7 @@ def test_review_message_and_card_carry_the_counts_and_how_to_answer(
 
 
 def test_sign_off_job_approves_from_the_launchpad_form(
-    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess
+    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess, mart_rows: int
 ) -> None:
     def launch(inv: Invitation) -> str:
         form = {
@@ -226,7 +251,7 @@ def test_sign_off_job_approves_from_the_launchpad_form(
             "staging_run_id": inv.staging_run_id,
         }
         # As from the Launchpad: a run of its own, in a process of its own.
-        return launch_sign_off_job(instance, sandbox.url, form)
+        return launch_sign_off_job(instance, form)
 
     reviewer = Reviewer(sandbox, launch).start()
     result = promote(defs, instance)
@@ -244,10 +269,13 @@ def test_sign_off_job_approves_from_the_launchpad_form(
         "approve",
     )
     assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
-    assert len(production_records(sandbox)) == ROWS
+    assert len(production_records(sandbox)) == mart_rows
     announced = sandbox.notifications("slack")[-1]["body"]["text"]
-    production_run = step_metadata(result, "production_sync")["hightouch_run_id"]
-    assert "Promoted to production sync 102" in announced and production_run in announced
+    production_run = step_metadata(result, PRODUCTION_STEP)["hightouch_run_id"]
+    assert (
+        "Promoted salesforce_contacts to production sync 102" in announced
+        and production_run in announced
+    )
 
 
 # -- no production sync without a valid decision --------------------------------------------------
@@ -411,16 +439,21 @@ def test_second_decision_is_refused_and_logged(
     )  # fmt: skip
 
 
-def test_invalid_form_fails_before_any_trigger(
+def test_invalid_form_is_refused_before_the_run_exists(
     defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess
 ) -> None:
-    result = promote(
-        defs, instance, production_sync="salesforce-contacts-staging", notify_slack=False,
-        notify_teams=False,
-    )  # fmt: skip
-    message = failure_message(result, "staging_sync")
-    assert "production_sync: must not be the staging sync" in message
+    runs_before = len(instance.get_run_records(limit=1000))
+    with pytest.raises(dg.DagsterConfigMappingFunctionError) as raised:
+        promote(defs, instance, destination="salesforce_contact", notify_slack=False,
+                notify_teams=False)  # fmt: skip
+    error = raised.value.__cause__
+    assert isinstance(error, PromotionFormError)
+    message = str(error)
+    assert "destination: 'salesforce_contact' is not a declared destination" in message
+    for key in ("salesforce_accounts", "salesforce_contacts", "hubspot_contacts"):
+        assert key in message
     assert "notify_slack / notify_teams" in message
+    assert len(instance.get_run_records(limit=1000)) == runs_before
     assert sandbox.trigger_counts() == {}
 
 
@@ -485,7 +518,177 @@ def test_definitions_load_with_teams_from_the_environment(
     dg.Definitions.validate_loadable(defs)
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"promote", "sign_off_decision"}
     monkeypatch.delenv(SANDBOX_URL_VAR)
-    teams = build_promotion_definitions().resources["teams"]
+    teams = build_promotion_definitions(load_destinations()).resources["teams"]
     assert isinstance(teams.webhook_url, dg.EnvVar) and teams.webhook_url.env_var_name == (
         "TEAMS_WEBHOOK_URL"
     )
+
+
+# -- attacks on the guarded path: each counts triggers at the Hightouch stand-in ------------------
+
+
+def reexecute(
+    instance: dg.DagsterInstance,
+    parent_run_id: str,
+    steps: list[str] | None = None,
+    **config: object,
+) -> dg.ExecuteJobResult:
+    """Re-execute a promote run as the UI does: from failure, or chosen steps, with the run
+    config given (the form may be changed on re-execution)."""
+    options = (
+        dg.ReexecutionOptions.from_failure(parent_run_id, instance)
+        if steps is None
+        else dg.ReexecutionOptions(parent_run_id=parent_run_id, step_selection=steps)
+    )
+    return dg.execute_job(
+        dg.reconstructable(promote_job),
+        instance=instance,
+        reexecution_options=options,
+        run_config=promote_config(**config),
+        raise_on_error=False,
+    )
+
+
+def approved_promotion(
+    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess, home: str
+) -> dg.ExecuteInProcessResult:
+    reviewer = Reviewer(sandbox, lambda inv: run_cli(home, *approve_args(inv, "alice"))).start()
+    result = promote(defs, instance)
+    assert reviewer.join().returncode == 0
+    return result
+
+
+def test_a_closed_gate_refuses_promote_before_the_staging_sync(
+    defs: dg.Definitions, sandbox: SandboxProcess
+) -> None:
+    # A fresh instance: no check of the mart ever ran in a run of this code location.
+    with dg.instance_for_test() as fresh:
+        result = promote(defs, fresh)
+    assert not result.success
+    message = failure_message(result, STAGING_STEP)
+    assert "refused to trigger Hightouch" in message and "Nothing was sent" in message
+    assert sandbox.trigger_counts() == {}
+    assert sandbox.records("salesforce", "Contact_staging") == {}
+    assert not any("activation approve" in n["body"].get("text", "")
+                   for n in sandbox.notifications("slack"))  # fmt: skip
+
+
+def test_a_reexecution_after_a_lost_poll_reattaches_to_the_approved_run(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    sandbox: SandboxProcess,
+    home: str,
+    mart_rows: int,
+) -> None:
+    def approve_then_lose_the_polls(inv: Invitation) -> object:
+        # Hightouch accepts the production trigger; every read of its runs then answers 503.
+        sandbox.inject_fault(
+            kind="status", status=503, path_regex=f"/syncs/{PRODUCTION_SYNC_ID}/runs",
+            method="GET", count=10_000,
+        )  # fmt: skip
+        return run_cli(home, *approve_args(inv, "alice"))
+
+    reviewer = Reviewer(sandbox, approve_then_lose_the_polls).start()
+    failed = promote(defs, instance)
+    assert reviewer.join().returncode == 0
+    assert not failed.success
+    assert "503" in failure_message(failed, PRODUCTION_STEP)
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
+    sandbox.clear_faults()
+
+    rerun = reexecute(instance, failed.run_id)
+    assert rerun.success
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
+    assert len(production_records(sandbox)) == mart_rows
+    log = " ".join(e.user_message or "" for e in instance.all_logs(rerun.run_id))
+    assert "Re-attaching to Hightouch run" in log
+
+
+def test_a_replay_or_a_retarget_of_an_approved_run_is_refused(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    sandbox: SandboxProcess,
+    home: str,
+    mart_rows: int,
+) -> None:
+    done = approved_promotion(defs, instance, sandbox, home)
+    assert done.success
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
+    steps = [PRODUCTION_STEP, "announce"]
+
+    replay = reexecute(instance, done.run_id, steps)
+    assert not replay.success
+    assert "already used by Hightouch run" in failure_message(replay, PRODUCTION_STEP)
+
+    flag = reexecute(instance, done.run_id, steps, full_resync=True)
+    assert not flag.success
+    message = failure_message(flag, PRODUCTION_STEP)
+    assert "does not cover" in message and "full_resync=False" in message
+
+    other = reexecute(instance, done.run_id, steps, destination="salesforce_accounts")
+    assert not other.success
+    message = failure_message(other, PRODUCTION_STEP)
+    assert "destination salesforce_contacts" in message and "salesforce_accounts" in message
+
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
+    assert len(production_records(sandbox)) == mart_rows
+    approvals = [
+        e.user_message
+        for e in instance.all_logs(other.run_id)
+        if "Promoted" in (e.user_message or "")
+    ]
+    assert approvals == []
+
+
+def test_a_review_request_planted_from_outside_the_run_is_ignored(
+    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess
+) -> None:
+    planted_code = new_approval_code()
+
+    def plant_then_decide(inv: Invitation) -> tuple[object, object]:
+        # Someone with instance access writes a review request for the run, with a code they
+        # know, hoping to approve with it (or to block the real reviewer).
+        request = ReviewRequest(
+            promotion_run_id=inv.run_id,
+            staging=RunSummary(STAGING_SYNC_ID, inv.staging_run_id, "http://x", "success"),
+            production_sync=PRODUCTION_SYNC_ID,
+            verifier=code_verifier(code_proof(inv.run_id, planted_code)),
+            allowed_reviewers=("mallory",),
+            requested_at=time.time(),
+            expires_at=time.time() + 600,
+            destination="salesforce_contacts",
+            run_family=inv.run_id,
+        )
+        instance.report_runless_asset_event(
+            dg.AssetObservation(asset_key=APPROVALS_KEY, metadata=request.metadata())
+        )
+        forged = run_cli_here(
+            "approve", inv.run_id, "--reviewer", "mallory", "--code", planted_code
+        )
+        return forged, run_cli_here(*approve_args(inv, "alice"))
+
+    reviewer = Reviewer(sandbox, plant_then_decide).start()
+    result = promote(defs, instance)
+    forged, real = reviewer.join()
+    assert forged.returncode == 1, forged.stdout
+    assert real.returncode == 0, real.stderr
+    assert result.success
+    assert step_metadata(result, "sign_off")["reviewer"] == "alice"
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1, PRODUCTION_SYNC_ID: 1}
+    entries = read_entries(instance, since=time.time() - 120)
+    planted = [e for e in entries if e.kind == REVIEW_REQUESTED and not e.run_id]
+    assert planted, "the planted request must be on record, and ignored"
+
+
+def test_a_slack_failure_still_tries_teams_then_fails_the_review(
+    defs: dg.Definitions, instance: dg.DagsterInstance, sandbox: SandboxProcess
+) -> None:
+    sandbox.inject_fault(kind="status", status=500, path="/slack/", count=10_000)
+    result = promote(defs, instance)
+    assert not result.success
+    message = failure_message(result, "request_review")
+    assert "slack" in message and "reached: teams" in message
+    (card,) = [n["body"] for n in sandbox.notifications("teams")]
+    assert "activation approve" in json.dumps(card)
+    assert sandbox.trigger_counts() == {STAGING_SYNC_ID: 1}
+    assert production_records(sandbox) == {}
