@@ -1,14 +1,26 @@
-"""Resources bound from the environment. Secrets are `EnvVar`s, never literals or run config."""
+"""Every resource of the code location, defined and bound from the environment in this one module.
+
+Secrets are `EnvVar`s, never literals or run config. `build_resources()` is what
+activation/definitions.py binds; the sandbox is selected only by ACTIVATION_SANDBOX_URL.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
+from dagster_airbyte import AirbyteWorkspace
+from dagster_dbt import DbtCliResource
 from pydantic import Field
 
-from activation.hightouch import HightouchClient
-from activation.notify import post_json
+from activation.core.dbt_project import dbt_project
+from activation.lib.destinations import load_destinations
+from activation.lib.environment import resolve_endpoints, sandbox_url
+from activation.lib.hightouch import HightouchClient
+from activation.lib.notify import post_json
 
 
 class HightouchResource(dg.ConfigurableResource):
@@ -85,3 +97,134 @@ class SlackWebhookResource(WebhookResource):
     """A Slack incoming webhook (EnvVar('SLACK_WEBHOOK_URL'))."""
 
     what_is_posted: ClassVar[str] = "Slack message"
+
+
+class TeamsWebhookResource(WebhookResource):
+    """A Microsoft Teams incoming webhook (Workflows), EnvVar('TEAMS_WEBHOOK_URL')."""
+
+    what_is_posted: ClassVar[str] = "Teams card"
+
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+PAGERDUTY_EVENTS_URL_VAR = "PAGERDUTY_EVENTS_URL"
+SANDBOX_PAGERDUTY_PATH = "/pagerduty/v2/enqueue"
+
+
+class PagerDutyResource(dg.ConfigurableResource):
+    """PagerDuty Events API v2. The routing keys are per owner and read at run time from the
+    variables destinations.yaml names; only the endpoint is configured here."""
+
+    events_url: str = Field(
+        default=PAGERDUTY_EVENTS_URL,
+        description="Events API v2 enqueue URL (the sandbox serves a stand-in).",
+    )
+    timeout_seconds: float = Field(default=10.0, description="Timeout per attempt.")
+    attempts: int = Field(default=3, description="Attempts before an event is given up.")
+
+    def send(self, event: dict) -> None:
+        post_json(
+            self.events_url,
+            event,
+            timeout=self.timeout_seconds,
+            attempts=self.attempts,
+            what=f"PagerDuty {event.get('event_action', 'event')}",
+        )
+
+
+def pagerduty_events_url() -> str:
+    """The sandbox's stand-in when the sandbox is selected, else PAGERDUTY_EVENTS_URL or the
+    public endpoint (EU accounts use https://events.eu.pagerduty.com/v2/enqueue)."""
+    base = sandbox_url()
+    if base:
+        return base + SANDBOX_PAGERDUTY_PATH
+    return os.environ.get(PAGERDUTY_EVENTS_URL_VAR, "").strip() or PAGERDUTY_EVENTS_URL
+
+
+def build_dbt_resource() -> DbtCliResource:
+    # The dbt installed beside this interpreter, so a run works whether or not the virtualenv's
+    # bin folder is on PATH (pytest, the daemon and `dagster dev` are not always started from it).
+    beside_python = Path(sys.executable).parent / "dbt"
+    executable = str(beside_python) if beside_python.exists() else "dbt"
+    return DbtCliResource(
+        project_dir=dbt_project, target=dbt_project.target, dbt_executable=executable
+    )
+
+
+TEAMS_WEBHOOK_URL_VAR = "TEAMS_WEBHOOK_URL"
+# The sandbox's Teams sink accepts any path under /teams/webhook/; this one names the feature.
+SANDBOX_TEAMS_WEBHOOK_PATH = "/teams/webhook/workflows/activation/promotion"
+# Hightouch answers 429 past 200 requests per 10 s per workspace.
+HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND = 20.0
+
+
+def build_teams_resource() -> TeamsWebhookResource:
+    """The sandbox's Teams sink when the sandbox is selected, else EnvVar TEAMS_WEBHOOK_URL."""
+    base = sandbox_url()
+    if base:
+        return TeamsWebhookResource(webhook_url=base + SANDBOX_TEAMS_WEBHOOK_PATH)
+    return TeamsWebhookResource(webhook_url=dg.EnvVar(TEAMS_WEBHOOK_URL_VAR))
+
+
+def build_airbyte_workspace() -> AirbyteWorkspace:
+    endpoints = resolve_endpoints()
+    return AirbyteWorkspace(
+        rest_api_base_url=endpoints.airbyte_rest_api_base_url,
+        configuration_api_base_url=endpoints.airbyte_configuration_api_base_url,
+        workspace_id=endpoints.airbyte_workspace_id,
+        client_id=dg.EnvVar("AIRBYTE_CLIENT_ID") if endpoints.airbyte_client_id else None,
+        client_secret=dg.EnvVar("AIRBYTE_CLIENT_SECRET") if endpoints.airbyte_client_id else None,
+        poll_interval=endpoints.poll_interval_seconds,
+        # Follow a sync already running for the connection (409 otherwise), and cancel the
+        # Airbyte job when Dagster stops waiting, so no job outlives the step that started it.
+        poll_timeout=endpoints.airbyte_poll_timeout_seconds,
+        poll_previous_running_sync=True,
+        cancel_on_termination=True,
+    )
+
+
+def build_resources() -> dict[str, object]:
+    """Every resource key the code location's definitions require, bound from the environment
+    (loading fails naming each missing variable when the sandbox is not selected)."""
+    endpoints = resolve_endpoints()
+    destinations = load_destinations()
+    return {
+        "airbyte": build_airbyte_workspace(),
+        "dbt": build_dbt_resource(),
+        "hightouch": HightouchResource(
+            api_base_url=endpoints.hightouch_api_base_url,
+            api_token=dg.EnvVar("HIGHTOUCH_API_TOKEN"),
+            app_url=endpoints.hightouch_app_url,
+            max_requests_per_second=HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND / len(destinations),
+        ),
+        "slack": SlackWebhookResource(
+            webhook_url=dg.EnvVar(endpoints.slack_webhook_url_var)
+            if endpoints.slack_webhook_url_var
+            else endpoints.slack_webhook_url
+        ),
+        "teams": build_teams_resource(),
+        "pagerduty": PagerDutyResource(events_url=pagerduty_events_url()),
+    }
+
+
+class QualityGate(dg.ConfigurableResource):
+    """Which blocking checks gate which sync: for each destination, the blocking checks of every
+    asset upstream of its sync asset. Computed once when the code location loads, from the
+    assembled definitions (activation/definitions.py), and shown read-only in the UI."""
+
+    blocking_checks: dict[str, dict[str, list[str]]] = Field(
+        description="Destination key -> upstream asset -> names of its blocking checks."
+    )
+    job_names: list[str] = Field(
+        description="Jobs of this code location: only their runs' check results count."
+    )
+
+    def checks_for(self, destination_key: str) -> dict[dg.AssetKey, list[dg.AssetCheckKey]]:
+        upstream = self.blocking_checks.get(destination_key)
+        if upstream is None:
+            raise KeyError(f"no quality gate computed for destination {destination_key!r}")
+        return {
+            dg.AssetKey.from_user_string(asset): [
+                dg.AssetCheckKey(dg.AssetKey.from_user_string(asset), name) for name in names
+            ]
+            for asset, names in upstream.items()
+        }

@@ -41,11 +41,10 @@ def main() -> None:
     if args.fingerprint_only:
         return
 
-    from activation.activate import sync_asset_key
-    from activation.demo import prepare_dbt_manifest, run_chain, sandbox_environment
-    from activation.destinations import load_destinations
-    from activation.gate import gate_refusals, upstream_blocking_checks
-    from activation.guards import measure, record_synced_snapshot, warehouse_connection
+    from activation.core.gate import gate_refusals
+    from activation.core.guards import measure, record_synced_snapshot, warehouse_connection
+    from activation.lib.destinations import load_destinations
+    from activation.tooling.demo import prepare_dbt_manifest, run_chain, sandbox_environment
 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data"
@@ -60,18 +59,17 @@ def main() -> None:
             )
             from activation.definitions import build_definitions
 
-            repository = build_definitions().get_repository_def()
+            quality_gate = build_definitions().resources["quality_gate"]
             print(
                 f"{'destination':<22}{'checks':>7}{'gate ms':>10}{'guard ms':>10}"
                 f"{'snapshot ms':>13}{'mart rows':>11}"
             )
             for destination in load_destinations():
-                key = sync_asset_key(destination)
-                checks = sum(len(c) for c in upstream_blocking_checks(repository, key).values())
+                checks = sum(len(c) for c in quality_gate.checks_for(destination.key).values())
                 gate, guard, snapshot = [], [], []
                 for _ in range(args.repeat):
                     t = time.perf_counter()
-                    assert gate_refusals(instance, repository, destination, key) == []
+                    assert gate_refusals(instance, quality_gate, destination) == []
                     gate.append(time.perf_counter() - t)
                     t = time.perf_counter()
                     with warehouse_connection(read_only=True) as session:
@@ -93,8 +91,8 @@ def bench_fingerprint(sizes: list[int], repeat: int) -> None:
     """Time `fingerprint` on a DuckDB mart of each size, per destination shape."""
     import duckdb
 
-    from activation.destinations import load_destinations
-    from activation.guards import fingerprint, warehouse_connection
+    from activation.core.guards import fingerprint, warehouse_connection
+    from activation.lib.destinations import load_destinations
 
     print(f"{'destination':<22}{'mart rows':>11}{'fingerprint ms':>16}")
     with tempfile.TemporaryDirectory() as folder:

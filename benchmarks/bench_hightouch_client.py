@@ -3,7 +3,7 @@
 The same Hightouch run of a fixed duration (an injected `running_seconds` fault on the sandbox)
 is followed by:
 
-- `activation.hightouch.HightouchClient` (`trigger` then `wait_for_run`, default settings);
+- `activation.lib.hightouch.HightouchClient` (`trigger` then `wait_for_run`, default settings);
 - dagster-hightouch's `ConfigurableHightouchResource.sync_and_poll` (default settings).
 
 For each it prints the delay between the run finishing (the sandbox's `finishedAt`) and the
@@ -33,9 +33,9 @@ from unittest import mock
 
 import duckdb
 
-from activation.destinations import Destination, load_destinations
-from activation.environment import SANDBOX_HIGHTOUCH_PREFIX
-from activation.hightouch import HightouchClient
+from activation.lib.destinations import Destination, load_destinations
+from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
+from activation.lib.hightouch import HightouchClient
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
 
 TOKEN = "bench-token"

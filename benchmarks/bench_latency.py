@@ -27,9 +27,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from activation.destinations import load_destinations
-from activation.stack import Stack, post_signal, running_stack
-from activation.webhooks.sensor import EVENT_ID_TAG
+from activation.defs.triggers.webhook_events import EVENT_ID_TAG
+from activation.lib.destinations import load_destinations
+from activation.tooling.stack import Stack, post_signal, running_stack
 
 SYNC_STEP_PREFIX = "activate__"
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from activation.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE, PROJECT_ROOT
+from activation.lib.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE, PROJECT_ROOT
 from activation.sandbox.launcher import start_sandbox
 
 INTERMEDIATE_MODELS = 71
@@ -169,7 +169,7 @@ def measure(name: str, folder: Path, overrides: dict[str, str], repeats: int) ->
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     started = time.perf_counter()
-    _run([sys.executable, "-m", "activation.cli", "prepare"], env)
+    _run([sys.executable, "-m", "activation.tooling.cli", "prepare"], env)
     prepare_seconds = time.perf_counter() - started
     saved = dict(os.environ)
     os.environ.update(env)  # the sandbox reads the destinations file from the environment

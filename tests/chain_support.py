@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from activation.demo import prepare_dbt_manifest, sandbox_environment
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
 
 QUICK_SANDBOX = ("--phase-seconds", "0.05", "--rows", "300")
 

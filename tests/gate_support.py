@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from activation.demo import prepare_dbt_manifest, sandbox_environment
-from activation.destinations import load_destinations, sync_asset_key_for
+from activation.lib.destinations import load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
 
 ROUTING_KEYS = {
     "PAGERDUTY_ROUTING_KEY_REVENUE_OPS": "revops" + secrets.token_hex(13),

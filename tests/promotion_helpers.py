@@ -22,8 +22,8 @@ from typing import Any
 
 import dagster as dg
 
-from activation import cli
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling import cli
 
 _APPROVE = re.compile(
     r"activation approve (?P<run>\S+) --reviewer YOUR_NAME --code (?P<code>\S+) "
@@ -57,7 +57,7 @@ def wait_for_invitation(sandbox: SandboxProcess, timeout: float = 60.0) -> Invit
 def run_cli(home: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`activation ...` in a child process using the Dagster home `home` (as a reviewer would)."""
     return subprocess.run(
-        [sys.executable, "-m", "activation.cli", *args],
+        [sys.executable, "-m", "activation.tooling.cli", *args],
         env={**os.environ, "DAGSTER_HOME": home},
         capture_output=True,
         text=True,
@@ -167,7 +167,7 @@ def failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
 
 
 def _run_sign_off_job(instance_ref: Any, form: dict, answer: Any) -> None:
-    from activation.promotion import sign_off_job
+    from activation.defs.promotion.promote import sign_off_job
 
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
         job = sign_off_job

@@ -17,8 +17,8 @@ from typing import Any
 import duckdb
 import httpx
 
-from activation.destinations import Destination, load_destinations
-from activation.environment import SANDBOX_HIGHTOUCH_PREFIX
+from activation.lib.destinations import Destination, load_destinations
+from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
 
 API = SANDBOX_HIGHTOUCH_PREFIX

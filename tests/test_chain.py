@@ -10,9 +10,14 @@ import dagster as dg
 import duckdb
 import pytest
 
-from activation.demo import ChainResult, prepare_dbt_manifest, run_chain, sandbox_environment
-from activation.destinations import Destination, load_destinations
+from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling.demo import (
+    ChainResult,
+    prepare_dbt_manifest,
+    run_chain,
+    sandbox_environment,
+)
 
 TOKEN = "chain-test-token-5f1c2b9e"
 

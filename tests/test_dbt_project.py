@@ -20,8 +20,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from activation.destinations import parse_destinations
-from activation.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE
+from activation.lib.destinations import parse_destinations
+from activation.lib.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE
 from activation.sandbox.generator import Scenario, land_streams
 
 ROWS = 500

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from activation.destinations import (
+from activation.lib.destinations import (
     Destination,
     DestinationsFileError,
     parse_destinations,
     validate_against_manifest,
     validate_against_manifest_file,
 )
-from activation.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE
+from activation.lib.paths import DBT_PROJECT_DIR, DEFAULT_DESTINATIONS_FILE
 
 
 def _write(tmp_path: Path, document: object) -> Path:

@@ -12,8 +12,8 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from activation.destinations import load_destinations
-from activation.stack import Stack, post_signal, running_stack
+from activation.lib.destinations import load_destinations
+from activation.tooling.stack import Stack, post_signal, running_stack
 from activation.webhooks.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, generic_signature
 
 T = TypeVar("T")

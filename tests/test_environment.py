@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from activation.environment import (
+from activation.lib.environment import (
     SANDBOX_URL_VAR,
     MissingSettingError,
     resolve_endpoints,

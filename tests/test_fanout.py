@@ -15,9 +15,9 @@ import duckdb
 import httpx
 import pytest
 
-from activation.demo import ChainResult, run_chain
-from activation.destinations import load_destinations
+from activation.lib.destinations import load_destinations
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling.demo import ChainResult, run_chain
 from tests.chain_support import sandbox_chain
 
 TOKEN = "fanout-test-token-58e0a7"
@@ -97,7 +97,7 @@ def test_only_the_failed_destinations_owner_is_paged(world: World) -> None:
 
 
 def test_the_owner_is_in_the_asset_graph() -> None:
-    from activation.activate import build_sync_asset
+    from activation.components.hightouch_syncs import build_sync_asset
 
     spec = next(iter(build_sync_asset(DESTINATIONS["hubspot_contacts"]).specs))
     assert spec.owners == ["team:marketing-ops"]
@@ -279,7 +279,7 @@ def test_the_full_resync_form_requires_reason_and_requested_by(world: World) -> 
 
 
 def test_the_declared_order_only_binds_destinations_selected_in_the_run() -> None:
-    from activation.resync import FullResyncConfig, plan_waves
+    from activation.defs.resync.jobs import FullResyncConfig, plan_waves
 
     config = FullResyncConfig(
         reason="contacts only",

@@ -17,8 +17,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from activation.demo import ChainResult, run_chain
-from activation.gate import (
+from activation.core.gate import (
     CheckRecord,
     Evidence,
     Materialization,
@@ -28,9 +27,10 @@ from activation.gate import (
     latest_check_record,
     run_location,
 )
-from activation.guards import FINGERPRINT_METADATA, Fingerprint
+from activation.core.guards import FINGERPRINT_METADATA, Fingerprint
+from activation.lib.destinations import mart_asset_key
 from activation.sandbox.launcher import SandboxProcess
-from activation.transform import mart_asset_key
+from activation.tooling.demo import ChainResult, run_chain
 from tests.gate_support import chain_sandbox, launch, step_failures, sync_key
 
 CONTACTS = "salesforce_contacts"
@@ -63,14 +63,14 @@ def _good_again(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> None:
     assert run_chain(instance, console_log_level="WARNING").success
 
 
-def _repository() -> dg.RepositoryDefinition:
+def _evidence(instance: dg.DagsterInstance) -> Evidence:
     from activation.definitions import build_definitions
 
-    return build_definitions().get_repository_def()
+    return Evidence.for_run(instance, build_definitions().resources["quality_gate"], None)
 
 
 def _latest(instance: dg.DagsterInstance, check: dg.AssetCheckKey) -> CheckRecord | None:
-    return latest_check_record(instance, check, Evidence(instance, _repository()))
+    return latest_check_record(instance, check, _evidence(instance))
 
 
 def test_latest_check_record_is_pinned(good_run: ChainResult, instance: dg.DagsterInstance) -> None:
@@ -97,7 +97,7 @@ def test_check_history_and_run_location_are_pinned(
     [runless] = check_history(instance, check)
     assert (runless.run_id, runless.step_key) == ("", None)
     assert runless.evaluation is not None and runless.evaluation.passed
-    assert Evidence(instance, _repository()).why_not(runless) == (
+    assert _evidence(instance).why_not(runless) == (
         "an evaluation reported outside any run"
     )
     [stepped, *_] = check_history(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))

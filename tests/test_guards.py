@@ -15,9 +15,7 @@ import duckdb
 import pytest
 import yaml
 
-from activation.demo import run_chain
-from activation.destinations import Destination, Guards, load_destinations, parse_destinations
-from activation.guards import (
+from activation.core.guards import (
     Fingerprint,
     GuardCounts,
     WarehouseError,
@@ -27,9 +25,16 @@ from activation.guards import (
     violations,
     warehouse_connection,
 )
-from activation.paths import DEFAULT_DESTINATIONS_FILE
+from activation.lib.destinations import (
+    Destination,
+    Guards,
+    load_destinations,
+    mart_asset_key,
+    parse_destinations,
+)
+from activation.lib.paths import DEFAULT_DESTINATIONS_FILE
 from activation.sandbox.launcher import SandboxProcess
-from activation.transform import mart_asset_key
+from activation.tooling.demo import run_chain
 from tests.gate_support import chain_sandbox, launch, step_failures, sync_key
 
 CONTACTS = "salesforce_contacts"
@@ -211,7 +216,7 @@ def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterIns
 
 
 def _synced(sandbox: SandboxProcess) -> None:
-    # What the sync step does after a successful sync (see activation/sync_step.py); calling it
+    # What the sync step does after a successful sync (see activation/core/sync_path.py); calling it
     # again here keeps this test independent of that wiring and snapshots the same mart.
     destination = next(d for d in load_destinations() if d.key == CONTACTS)
     record_synced_snapshot(destination, sandbox.data_dir / "warehouse.duckdb")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from activation.hightouch import (
+from activation.lib.hightouch import (
     HightouchClient,
     HightouchError,
     HightouchRequestRefused,

@@ -15,18 +15,16 @@ import dagster as dg
 import httpx
 import pytest
 
-from activation.destinations import load_destinations
-from activation.gate import build_blocked_sync_sensor
-from activation.paging import (
-    PagerDutyResource,
+from activation.core.gate import build_blocked_sync_sensor
+from activation.core.paging import (
     PagingError,
     dedup_key,
-    pagerduty_events_url,
     resolve_event,
     routing_key,
     trigger_event,
 )
-from activation.resources import SlackWebhookResource
+from activation.lib.destinations import load_destinations
+from activation.resources import PagerDutyResource, SlackWebhookResource, pagerduty_events_url
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.notifications import pagerduty_errors
 from tests.gate_support import (
@@ -121,7 +119,7 @@ def _run_sensor(instance: dg.DagsterInstance, failed: dg.ExecuteInProcessResult)
 
 
 def _slack_url() -> str:
-    from activation.environment import resolve_endpoints
+    from activation.lib.environment import resolve_endpoints
 
     return resolve_endpoints().slack_webhook_url or ""
 
@@ -272,7 +270,7 @@ def test_page_sync_failure_pages_only_that_destinations_owner(
 ) -> None:
     import logging
 
-    from activation.paging import page_sync_failure
+    from activation.core.paging import page_sync_failure
     from activation.sandbox.launcher import start_sandbox
 
     for name, value in ROUTING_KEYS.items():

@@ -10,7 +10,7 @@
    monitoring, run retries): runs, event logs, sensor cursors and pool limits written by one
    process are read back by another.
 
-The dbt target is chosen when `activation.dbt_project` is imported, as in a deployment, so the
+The dbt target is chosen when `activation.core.dbt_project` is imported, as in a deployment, so the
 code location runs in a child process with the PostgreSQL environment (this file's `__main__`).
 """
 
@@ -33,10 +33,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from activation.demo import run_chain, sandbox_environment
-from activation.destinations import load_destinations
-from activation.environment import POSTGRES_VARIABLES
-from activation.paths import DBT_PROJECT_DIR, PROJECT_ROOT
+from activation.lib.destinations import load_destinations
+from activation.lib.environment import POSTGRES_VARIABLES
+from activation.lib.paths import DBT_PROJECT_DIR, PROJECT_ROOT
 from activation.sandbox.context import SandboxStore
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.warehouse import (
@@ -44,6 +43,7 @@ from activation.sandbox.warehouse import (
     WarehouseSettingError,
     open_warehouse,
 )
+from activation.tooling.demo import run_chain, sandbox_environment
 from tests import postgres_server as postgres_server_module
 from tests.postgres_server import PostgresServer, PostgresUnavailableError, find_server_binaries
 
@@ -161,7 +161,7 @@ def pg_sandbox(
             patch.setenv(name, value)
         with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box:
             # The manifest is prepared for the postgres target, as an image build would.
-            _child("-m", "activation.cli", "prepare")
+            _child("-m", "activation.tooling.cli", "prepare")
             yield box
 
 

@@ -16,8 +16,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from activation import cli as activation_cli
-from activation.approvals import (
+from activation.core.approvals import (
     APPROVALS_KEY,
     DECISION,
     REVIEW_REQUESTED,
@@ -32,12 +31,14 @@ from activation.approvals import (
     refusal,
     tag_run,
 )
-from activation.demo import prepare_dbt_manifest, sandbox_environment
-from activation.destinations import load_destinations
-from activation.environment import SANDBOX_URL_VAR
-from activation.promotion import PromotionFormError, build_promotion_definitions
-from activation.review_messages import ADAPTIVE_CARD_CONTENT_TYPE, RunSummary
+from activation.defs.promotion.promote import PromotionFormError
+from activation.lib.destinations import load_destinations
+from activation.lib.environment import SANDBOX_URL_VAR
+from activation.lib.review_messages import ADAPTIVE_CARD_CONTENT_TYPE, RunSummary
+from activation.resources import build_teams_resource
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling import cli as activation_cli
+from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
 from tests.gate_support import ROUTING_KEYS
 from tests.promotion_helpers import (
     PRODUCTION_STEP,
@@ -518,7 +519,7 @@ def test_definitions_load_with_teams_from_the_environment(
     dg.Definitions.validate_loadable(defs)
     assert {job.name for job in defs.resolve_all_job_defs()} >= {"promote", "sign_off_decision"}
     monkeypatch.delenv(SANDBOX_URL_VAR)
-    teams = build_promotion_definitions(load_destinations()).resources["teams"]
+    teams = build_teams_resource()
     assert isinstance(teams.webhook_url, dg.EnvVar) and teams.webhook_url.env_var_name == (
         "TEAMS_WEBHOOK_URL"
     )

@@ -18,7 +18,7 @@ import pytest
 from dagster_airbyte import AirbyteWorkspace, load_airbyte_asset_specs
 from dagster_airbyte.translator import AirbyteMetadataSet
 
-from activation.environment import (
+from activation.lib.environment import (
     SANDBOX_AIRBYTE_CONFIG_PREFIX,
     SANDBOX_AIRBYTE_CONNECTION_ID,
     SANDBOX_AIRBYTE_REST_PREFIX,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
+from activation.lib.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
 from tests.sandbox_marts import (
     API,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activation.destinations import Destination, load_destinations
+from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.hightouch import served_sync_definitions, sync_definitions
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
 from tests.sandbox_marts import (

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from activation.environment import SANDBOX_SLACK_WEBHOOK_PATH
+from activation.lib.environment import SANDBOX_SLACK_WEBHOOK_PATH
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.notifications import pagerduty_errors
 

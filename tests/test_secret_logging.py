@@ -2,7 +2,7 @@
 
 httpx logs every request's full URL at INFO, and a Slack or Teams webhook URL is a secret. The
 run below captures httpx and httpcore at DEBUG the way dagster.yaml's `python_logs` would, posts
-through `activation.notify.post_json` and reads Hightouch with a token, all against a local HTTP
+through `activation.lib.notify.post_json` and reads Hightouch with a token, all against a local HTTP
 server; then nothing the run logged, nor any record a handler received, may carry the secrets.
 """
 
@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from activation.hightouch import HightouchClient
-from activation.notify import post_json
-from activation.redaction import HTTP_LOGGERS, install_http_log_redaction, redact
+from activation.lib.hightouch import HightouchClient
+from activation.lib.notify import post_json
+from activation.lib.redaction import HTTP_LOGGERS, install_http_log_redaction, redact
 
 WEBHOOK_SECRET = "B0002/s3cr3tW3bh00kP4th"
 QUERY_SECRET = "q5ecretQu3ry"
@@ -124,8 +124,8 @@ def test_a_run_capturing_httpx_logs_never_records_the_webhook_url_or_token(
 
 
 def test_the_filter_is_installed_once_whatever_imports_it() -> None:
-    import activation.hightouch  # noqa: F401  (each installs at import)
-    import activation.notify  # noqa: F401
+    import activation.lib.hightouch  # noqa: F401  (each installs at import)
+    import activation.lib.notify  # noqa: F401
 
     install_http_log_redaction()
     install_http_log_redaction()

@@ -17,12 +17,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from activation.automation import SYNC_JOB_NAME, build_mart_update_sensor, load_cursor
-from activation.destinations import load_destinations
-from activation.run_history import events_of_run, failed_blocking_checks, planned_asset_keys
-from activation.stack import start_airbyte_job, wait_for_airbyte_job
+from activation.core.run_history import events_of_run, failed_blocking_checks, planned_asset_keys
+from activation.defs.triggers.mart_updates import (
+    SYNC_JOB_NAME,
+    build_mart_update_sensor,
+    load_cursor,
+)
+from activation.defs.triggers.webhook_events import build_webhook_event_sensor
+from activation.lib.destinations import load_destinations
+from activation.tooling.stack import start_airbyte_job, wait_for_airbyte_job
 from activation.webhooks import store
-from activation.webhooks.sensor import build_webhook_event_sensor
 
 DESTINATION = next(d for d in load_destinations() if d.key == "salesforce_contacts")
 MART = dg.AssetKey(["marts", DESTINATION.mart])
@@ -82,7 +86,7 @@ def _newest_mart_storage_id(instance: dg.DagsterInstance) -> int:
 
 
 def test_every_trigger_sensor_is_running_by_default_with_a_short_interval() -> None:
-    from activation.automation import build_automation_definitions
+    from activation.defs.triggers.mart_updates import build_automation_definitions
 
     defs = build_automation_definitions([], load_destinations())
     sensors = {s.name: s for s in defs.sensors}
@@ -234,7 +238,7 @@ def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
 
 @pytest.fixture(scope="module")
 def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    from activation.demo import prepare_dbt_manifest, sandbox_environment
+    from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
 
     folder = tmp_path_factory.mktemp("airbyte_sensor") / "data"
     with pytest.MonkeyPatch.context() as patch:

@@ -18,16 +18,16 @@ import duckdb
 import httpx
 import pytest
 
-from activation.demo import run_chain
-from activation.destinations import load_destinations
-from activation.environment import (
+from activation.lib.destinations import load_destinations
+from activation.lib.environment import (
     SANDBOX_AIRBYTE_CONNECTION_ID,
     SANDBOX_AIRBYTE_REST_PREFIX,
     SANDBOX_HIGHTOUCH_PREFIX,
 )
-from activation.hightouch import IN_FLIGHT
+from activation.lib.hightouch import IN_FLIGHT
 from activation.resources import HightouchResource
 from activation.sandbox.launcher import SandboxProcess
+from activation.tooling.demo import run_chain
 from tests.chain_support import sandbox_chain
 
 TOKEN = "fault-test-token-3b7d91ce"

@@ -1,8 +1,8 @@
 """One guarded path to Hightouch: every job of the code location that can reach Hightouch does so
-through `activation.sync_step.sync_destination`, and nothing else triggers a sync.
+through `activation.core.sync_path.sync_destination`, and nothing else triggers a sync.
 
 Three proofs, from the weakest to the strongest:
-- the source: only activation/sync_step.py calls a client's `trigger`;
+- the source: only activation/core/sync_path.py calls a client's `trigger`;
 - the definitions: every node of every job that needs the `hightouch` resource holds its
   destination's pool and its compute function calls `sync_destination`;
 - real runs on an instance where no check ever ran (the gate is closed for every destination):
@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from activation.destinations import Destination, load_destinations
+from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.launcher import SandboxProcess
 from tests.gate_support import chain_sandbox
 
@@ -40,7 +40,7 @@ def test_only_the_sync_path_calls_the_clients_trigger() -> None:
                 and node.func.attr == "trigger"
             ):
                 callers.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
-    assert [c.split(":")[0] for c in callers] == ["sync_step.py"], callers
+    assert [c.split(":")[0] for c in callers] == ["core/sync_path.py"], callers
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def hightouch_nodes(job: dg.JobDefinition) -> list[Any]:
 def test_every_node_that_reaches_hightouch_holds_its_pool_and_calls_the_sync_path(
     definitions: dg.Definitions,
 ) -> None:
-    from activation.resync import sync_in_op
+    from activation.defs.resync.jobs import sync_in_op
 
     # The resync ops go through one shared helper; it must itself take the path.
     assert "sync_destination" in sync_in_op.__code__.co_names
@@ -81,7 +81,7 @@ def test_every_node_that_reaches_hightouch_holds_its_pool_and_calls_the_sync_pat
 
 
 def _sync_keys() -> list[dg.AssetKey]:
-    from activation.destinations import sync_asset_key_for
+    from activation.lib.destinations import sync_asset_key_for
 
     return [sync_asset_key_for(d.key) for d in load_destinations()]
 

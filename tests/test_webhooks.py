@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from activation.sandbox.launcher import free_port
-from activation.stack import Process, post_fivetran, post_signal, start_intake
+from activation.tooling.stack import Process, post_fivetran, post_signal, start_intake
 from activation.webhooks import store
 from activation.webhooks.intake import MAX_BODY_BYTES
 from activation.webhooks.signatures import (
@@ -263,7 +263,7 @@ def test_missing_secret_fails_at_start_naming_the_variable(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "ACTIVATION_WEBHOOK_SECRET"}
     env["ACTIVATION_DATA_DIR"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "activation.cli", "webhooks", "--port", str(free_port())],
+        [sys.executable, "-m", "activation.tooling.cli", "webhooks", "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from activation.environment import (
+from activation.lib.environment import (
     SANDBOX_AIRBYTE_CONFIG_PREFIX,
     SANDBOX_AIRBYTE_CONNECTION_ID,
     SANDBOX_AIRBYTE_REST_PREFIX,

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from activation.environment import SANDBOX_AIRBYTE_CONNECTION_ID
+from activation.lib.environment import SANDBOX_AIRBYTE_CONNECTION_ID
 from activation.sandbox import (
     airbyte,
     crm,

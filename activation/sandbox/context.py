@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-from activation.destinations import Destination, load_destinations
-from activation.paths import warehouse_target
+from activation.lib.destinations import Destination, load_destinations
+from activation.lib.paths import warehouse_target
 from activation.sandbox.warehouse import Warehouse, open_warehouse
 
 

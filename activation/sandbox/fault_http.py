@@ -19,7 +19,7 @@ from typing import Any
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from activation.environment import SANDBOX_AIRBYTE_REST_PREFIX, SANDBOX_HIGHTOUCH_PREFIX
+from activation.lib.environment import SANDBOX_AIRBYTE_REST_PREFIX, SANDBOX_HIGHTOUCH_PREFIX
 from activation.sandbox.airbyte import ProblemError
 from activation.sandbox.fault_specs import CONTROL_PREFIX, HttpFault
 from activation.sandbox.faults import FaultRegistry

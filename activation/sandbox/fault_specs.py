@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from activation.hightouch import IN_FLIGHT, TERMINAL_FAILURE, TERMINAL_SUCCESS
+from activation.lib.hightouch import IN_FLIGHT, TERMINAL_FAILURE, TERMINAL_SUCCESS
 
 CONTROL_PREFIX = "/sandbox/"
 HTTP_KINDS = ("status", "hang", "reset", "malformed_json", "html")

@@ -68,7 +68,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from activation.environment import SANDBOX_HIGHTOUCH_PREFIX
+from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.sandbox.fault_specs import (
     CrmFault,
     Effect,

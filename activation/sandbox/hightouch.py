@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from activation.destinations import Destination
-from activation.environment import SANDBOX_HIGHTOUCH_PREFIX
+from activation.lib.destinations import Destination
+from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.sandbox.context import SandboxContext
 from activation.sandbox.crm import CrmStandIns, batch_limits
 from activation.sandbox.faults import FaultRegistry

@@ -118,7 +118,7 @@ def start_sandbox(
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "sandbox.log"
     env = {**os.environ, "ACTIVATION_DATA_DIR": str(data_dir)}
-    command = [sys.executable, "-m", "activation.cli", "sandbox", "--port", str(port)]
+    command = [sys.executable, "-m", "activation.tooling.cli", "sandbox", "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--data-dir", str(data_dir), *extra_args],
         env=env,

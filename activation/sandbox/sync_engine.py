@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from activation.destinations import Destination
+from activation.lib.destinations import Destination
 from activation.sandbox import sync_plan
 from activation.sandbox.context import SandboxStore
 from activation.sandbox.crm import CrmStandIns, DestinationUnavailableError, RecordResult

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from activation.destinations import Destination
+from activation.lib.destinations import Destination
 from activation.sandbox.warehouse import quote
 
 OPERATIONS = ("added", "changed", "removed")

@@ -1,6 +1,6 @@
 """The warehouse as the stand-ins use it: Airbyte lands raw streams in it, Hightouch reads marts.
 
-Which warehouse follows dbt's target (`ACTIVATION_DBT_TARGET`, see `activation.paths`):
+Which warehouse follows dbt's target (`ACTIVATION_DBT_TARGET`, see `activation.lib.paths`):
 
 - `duckdb` (default): the file dbt builds. dbt's sources read the Parquet files the Airbyte
   stand-in writes, so landing needs nothing more. A DuckDB file that one process holds open cannot
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
-from activation.environment import postgres_settings
+from activation.lib.environment import postgres_settings
 
 if TYPE_CHECKING:
     from activation.sandbox.context import SandboxStore

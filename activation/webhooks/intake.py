@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from activation.environment import MissingSettingError
+from activation.lib.environment import MissingSettingError
 from activation.webhooks import store
 from activation.webhooks.signatures import (
     DEFAULT_TOLERANCE_SECONDS,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from activation.paths import data_dir
+from activation.lib.paths import data_dir
 
 SCHEMA = """
 create table if not exists events (

@@ -1,0 +1,216 @@
+"""The end of every run that synced: one summary per run, and each failed destination's owner paged.
+
+Dagster never executes a step downstream of a failed one, so a summary asset inside the run would
+be skipped exactly when it matters most (Salesforce down, the other destinations shipped). The
+summary is therefore written by two run-status sensors, on success and on failure, for every run
+of this code location that touched a sync: they read the run's event log, post one Slack message
+listing each destination's status, counts and Hightouch run id, record the same table as a
+materialization of the `activate/activation_report` asset (so it is in the UI, linked to the
+run), and page the owner of each destination whose sync failed, and only that owner. A page is
+resolved when the destination's next sync succeeds. Gate refusals are paged by the gate itself.
+
+`report_run` is the function both sensors call; the demo calls it too, right after its
+in-process run, where no daemon runs sensors.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from activation.core.paging import (
+    PagerDutyResource,
+    page_sync_failure,
+    resolve_page,
+    sync_failure_key,
+)
+from activation.lib.destinations import SYNC_KEY_PREFIX, Destination
+from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
+from activation.resources import SlackWebhookResource
+
+REPORT_KEY = dg.AssetKey([SYNC_KEY_PREFIX, "activation_report"])
+FULL_RESYNC_JOB = "full_resync"
+ONE_OFF_RESYNC_JOB = "resync_destination"
+# These jobs post their own summary (their failures are collected, not raised per step).
+SELF_REPORTING_JOBS = frozenset({FULL_RESYNC_JOB, ONE_OFF_RESYNC_JOB})
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    outcomes: tuple[SyncOutcome, ...]
+    failures: dict[str, str]
+    """Destination key -> why its sync failed (gate refusals excluded: the gate pages those)."""
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {o.destination: o.status for o in self.outcomes}
+
+
+def outcome_from_metadata(
+    destination_key: str,
+    metadata: Mapping[str, dg.MetadataValue],
+    *,
+    status: str | None = None,
+    detail: str = "",
+) -> SyncOutcome:
+    """A destination's outcome from the metadata of its sync (materialization or failure)."""
+
+    def value(name: str) -> object:
+        found = metadata.get(name)
+        return found.value if found is not None else None
+
+    def number(name: str) -> int:
+        return int(value(name) or 0)  # type: ignore[call-overload]
+
+    run_id, run_url = value("hightouch_run_id"), value("hightouch_run_url")
+    return SyncOutcome(
+        destination=destination_key,
+        status=status or str(value("hightouch_status") or "success"),
+        hightouch_run_id=str(run_id) if run_id else None,
+        run_url=str(run_url) if run_url else None,
+        added=number("successful_added"),
+        changed=number("successful_changed"),
+        removed=number("successful_removed"),
+        failed=sum(number(f"failed_{kind}") for kind in ("added", "changed", "removed")),
+        detail=detail,
+    )
+
+
+def summarize_run(
+    instance: dg.DagsterInstance, run_id: str, destinations: Sequence[Destination]
+) -> RunReport | None:
+    """Each destination's outcome in the run, or None when the run touched no sync."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.job_name in SELF_REPORTING_JOBS:
+        return None
+    by_key = {d.key: d for d in destinations}
+    synced: dict[str, SyncOutcome] = {}
+    failed: dict[str, SyncOutcome] = {}
+    failures: dict[str, str] = {}
+    planned: set[str] = set()
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        # Dagster records, at run start, every asset the run plans to materialize: whatever
+        # the job, a planned sync with no outcome was skipped.
+        if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED" and event.asset_key:
+            path = event.asset_key.path
+            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
+                planned.add(path[1])
+        materialization = entry.asset_materialization
+        if materialization is not None:
+            path = materialization.asset_key.path
+            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
+                synced[path[1]] = outcome_from_metadata(path[1], materialization.metadata)
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            meta = dict(data.user_failure_data.metadata) if data.user_failure_data else {}
+            key_value = meta.get("destination")
+            key = str(key_value.value) if key_value is not None else None
+            if key is None and (event.step_key or "").startswith(f"{SYNC_KEY_PREFIX}__"):
+                key = (event.step_key or "").split("__", 1)[1]
+            if key not in by_key:
+                continue
+            reason = (
+                data.user_failure_data.description
+                if data.user_failure_data and data.user_failure_data.description
+                else (data.error.message.strip() if data.error else "step failed")
+            )
+            blocked = "refused_checks" in meta
+            failed[key] = outcome_from_metadata(
+                key,
+                meta,
+                status="blocked by the quality gate" if blocked else "failed",
+                detail=reason,
+            )
+            if not blocked:
+                failures[key] = reason[:500]
+    touched = set(synced) | set(failed)
+    if not touched and not planned:
+        return None
+    outcomes = []
+    for destination in destinations:
+        if destination.key in synced:
+            outcomes.append(synced[destination.key])
+        elif destination.key in failed:
+            outcomes.append(failed[destination.key])
+        elif destination.key in planned:
+            upstream = ", ".join(destination.after) or destination.mart
+            outcomes.append(
+                SyncOutcome(
+                    destination.key,
+                    "skipped",
+                    None,
+                    None,
+                    detail=f"not run because an upstream step failed ({upstream})",
+                )
+            )
+    return RunReport(run_id, tuple(outcomes), failures)
+
+
+def _previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    records = instance.fetch_materializations(REPORT_KEY, limit=1).records
+    if not records:
+        return {}
+    materialization = records[0].event_log_entry.asset_materialization
+    value = materialization.metadata.get("statuses") if materialization else None
+    return dict(value.value) if value is not None else {}  # type: ignore[arg-type]
+
+
+def report_run(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    destinations: Sequence[Destination],
+    *,
+    slack: SlackWebhookResource | None,
+    pagerduty: PagerDutyResource | None,
+    log: logging.Logger | dg.DagsterLogManager,
+) -> RunReport | None:
+    """Summarize the run, post it, record it, page the failed destinations' owners."""
+    report = summarize_run(instance, run_id, destinations)
+    if report is None:
+        return None
+    previous = _previous_statuses(instance)
+    if slack is not None:
+        try:
+            slack.post(sync_summary_message(run_id, report.outcomes))
+        except NotificationError as error:
+            log.error(f"SLACK FAILED: the summary of run {run_id} was not posted: {error}")
+    by_key = {d.key: d for d in destinations}
+    for key, reason in report.failures.items():
+        if pagerduty is not None:
+            page_sync_failure(
+                log, pagerduty, None, by_key[key], dagster_run_id=run_id, reason=reason
+            )
+    for key, status in report.statuses.items():
+        if pagerduty is not None and status != "failed" and previous.get(key) == "failed":
+            resolve_page(log, pagerduty, by_key[key], sync_failure_key(by_key[key]))
+    statuses = {**previous, **report.statuses}
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=REPORT_KEY,
+            metadata={
+                "dagster_run_id": run_id,
+                "summary": dg.MetadataValue.md(summary_table(report.outcomes)),
+                "statuses": dg.MetadataValue.json(statuses),
+                "failed_destinations": ", ".join(sorted(report.failures)) or "none",
+            },
+        )
+    )
+    return report
+
+
+def summary_table(outcomes: Sequence[SyncOutcome]) -> str:
+    rows = "\n".join(
+        f"| {o.destination} | {o.status}{': ' + o.detail[:200] if o.detail else ''} | "
+        f"{o.hightouch_run_id or '-'} | {o.added} | "
+        f"{o.changed} | {o.removed} | {o.failed} |"
+        for o in outcomes
+    )
+    return (
+        "| destination | status | Hightouch run | added | changed | removed | failed |\n"
+        "|---|---|---|---|---|---|---|\n" + rows
+    )

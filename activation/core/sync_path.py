@@ -1,0 +1,420 @@
+"""The one way a Hightouch sync is triggered: every job and asset that reaches Hightouch calls
+`sync_destination`, and nothing else in the product calls the client's `trigger`.
+
+In order, for one destination (its production sync, or the staging twin the promote job runs):
+
+1. the quality gate (`activation.core.gate.enforce_gate`): the upstream blocking checks passed, in a
+   run of this code location, on the data the mart holds now; otherwise nothing is sent;
+2. the destination's concurrency pool: the calling step must carry `hightouch_<key>`, so two
+   runs never sync one destination at once (checked here, so a new job cannot forget it);
+3. re-attach or trigger once (below);
+4. follow the run to its end;
+5. the destination's failed-rows policy;
+6. after a production sync: the snapshot the guards compare the next sync with, the asset
+   materialization when the caller is an op, and the resolve of the owner's gate page.
+
+The one failure that matters in reverse-ETL is shipping rows twice, and a retried step that
+triggers a second sync does exactly that. So every trigger is remembered in Dagster's event log as
+an `AssetObservation` on the sync asset, tagged with the run family (the root run id, shared by a
+run, its step retries and its re-executions). A later attempt of the same family finds the
+Hightouch run it already started and follows it instead of triggering again:
+
+- step retried by its `RetryPolicy`, or run re-executed from failure: follow the remembered run
+  while it is in flight or ended well; trigger anew only when it ended failed or interrupted
+  (a retry of a failed sync is the point of retrying) or when the family already materialized it
+  (a deliberate "re-execute all" of `activate` is a new sync);
+- a step that died between asking Hightouch and remembering the answer: an intent observation is
+  written before the trigger, and a run created since that intent is adopted;
+- `once_per_family` (the promote job's production sync, bound to one approval): the family may
+  trigger at most once, ever. A later attempt follows that run while it is in flight and is
+  refused once it has ended, whatever the run config says: a new push needs a new approval.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import dagster as dg
+from dagster import AssetExecutionContext, OpExecutionContext
+
+from activation.core.gate import enforce_gate, resolve_gate_page
+from activation.core.guards import record_synced_snapshot
+from activation.lib.destinations import Destination, FailurePolicy, sync_asset_key_for
+from activation.lib.hightouch import (
+    TERMINAL_FAILURE,
+    HightouchClient,
+    HightouchError,
+    HightouchPollTimeout,
+    HightouchRequestRefused,
+    HightouchRunFailed,
+    SyncRun,
+    parse_api_time,
+)
+from activation.resources import (
+    HightouchResource,
+    PagerDutyResource,
+    QualityGate,
+    SlackWebhookResource,
+)
+
+# The sync runs as an asset step (the activate job) or as an op (resync and promote jobs)
+# writing the same asset's events.
+StepContext = AssetExecutionContext | OpExecutionContext
+
+TRIGGER_MARK = "activation_trigger"  # observation metadata: "intent" or "triggered"
+SYNC_STAGE_TAG = "activation/sync_stage"
+_LOOKBACK = 50  # observations read back per attempt; a family's marks are the newest ones
+
+
+class Stage(StrEnum):
+    """Which of a destination's Hightouch syncs a step runs."""
+
+    PRODUCTION = "production"
+    STAGING = "staging"
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    full_resync: bool = False
+    reset_cdc: bool = False
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """A finished, accepted Hightouch run and its metadata (the names the summaries read)."""
+
+    run: SyncRun
+    run_url: str
+    metadata: dict[str, dg.MetadataValue]
+
+
+class SyncRefused(dg.Failure):
+    """The sync path refused before any trigger (wrong pool, a spent approval); not retried."""
+
+    def __init__(self, destination: Destination, reason: str) -> None:
+        super().__init__(
+            description=f"Sync {destination.key} refused: {reason}. Nothing was sent.",
+            metadata={"destination": destination.key},
+            allow_retries=False,
+        )
+
+
+def sync_reference(destination: Destination, stage: Stage) -> tuple[str | None, str | None]:
+    """(sync id, sync slug) of the destination's production sync or its staging twin."""
+    if stage is Stage.PRODUCTION:
+        return destination.sync_id, destination.sync_slug
+    if destination.staging is None:
+        raise SyncRefused(destination, "no staging twin is declared in destinations.yaml")
+    return destination.staging.sync_id, destination.staging.sync_slug
+
+
+def run_family(context: StepContext) -> str:
+    """The id shared by a run, its step retries and every re-execution of it."""
+    return context.run.root_run_id or context.run.run_id
+
+
+def _marks(context: StepContext, key: dg.AssetKey, sync_id: str) -> list[dict[str, str]]:
+    """This family's trigger marks for the sync, newest first."""
+    family = run_family(context)
+    result = context.instance.fetch_observations(key, limit=_LOOKBACK)
+    marks = []
+    for record in result.records:
+        observation = record.event_log_entry.asset_observation
+        if observation is None:
+            continue
+        values = {name: str(value.value) for name, value in observation.metadata.items()}
+        if (
+            values.get("dagster_run_family") == family
+            and values.get("hightouch_sync_id") == sync_id
+        ) and TRIGGER_MARK in values:
+            marks.append(values)
+    return marks
+
+
+def _mark(context: StepContext, key: dg.AssetKey, sync_id: str, kind: str, **values: str) -> None:
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=key,
+            metadata={
+                TRIGGER_MARK: kind,
+                "dagster_run_family": run_family(context),
+                "hightouch_sync_id": sync_id,
+                **values,
+            },
+        )
+    )
+
+
+def _already_materialized(context: StepContext, key: dg.AssetKey, hightouch_run_id: str) -> bool:
+    result = context.instance.fetch_materializations(key, limit=5)
+    for record in result.records:
+        materialization = record.event_log_entry.asset_materialization
+        meta = materialization.metadata if materialization else {}
+        if "hightouch_run_id" in meta and str(meta["hightouch_run_id"].value) == hightouch_run_id:
+            return True
+    return False
+
+
+def _adopt_after_intent(
+    context: StepContext, key: dg.AssetKey, client: HightouchClient, sync_id: str, intent: dict
+) -> str | None:
+    """The run an attempt that stopped between asking and remembering started, if any."""
+    since = parse_api_time(intent.get("intent_at"))
+    for run in client.recent_runs(sync_id):
+        created = parse_api_time(run.created_at)
+        if since and created and created >= since:
+            context.log.warning(
+                f"An earlier attempt asked Hightouch to run sync {sync_id} and stopped "
+                f"before recording the answer; following run {run.id} it started."
+            )
+            _mark(context, key, sync_id, "triggered", hightouch_run_id=run.id)
+            return run.id
+    return None
+
+
+def find_run_to_follow(
+    context: StepContext,
+    key: dg.AssetKey,
+    client: HightouchClient,
+    sync_id: str,
+    *,
+    once_per_family: bool = False,
+    destination: Destination | None = None,
+) -> str | None:
+    """The Hightouch run an earlier attempt of this run family started and that is worth
+    following, or None when a new trigger is right. With `once_per_family`, a run the family
+    already recorded as synced refuses (`SyncRefused`) instead of allowing a second trigger."""
+    marks = _marks(context, key, sync_id)
+    if not marks:
+        return None
+    if marks[0][TRIGGER_MARK] == "intent":
+        adopted = _adopt_after_intent(context, key, client, sync_id, marks[0])
+        if adopted or not once_per_family:
+            return adopted
+    triggered = next((m for m in marks if m[TRIGGER_MARK] == "triggered"), None)
+    if triggered is None:
+        return None
+    run_id = triggered["hightouch_run_id"]
+    if once_per_family:
+        if _already_materialized(context, key, run_id):
+            raise SyncRefused(
+                destination,  # type: ignore[arg-type]
+                f"this promotion's approval was already used by Hightouch run {run_id} of sync "
+                f"{sync_id}, which is recorded as synced; a new production push needs a new "
+                "promote run and a new approval",
+            )
+        context.log.info(
+            f"Re-attaching to Hightouch run {run_id} that this promotion's approval started "
+            "(an approval triggers production at most once)."
+        )
+        return run_id
+    if _already_materialized(context, key, run_id):
+        return None
+    run = client.get_run(sync_id, run_id)
+    if run is not None and run.finished and run.status in TERMINAL_FAILURE:
+        context.log.info(
+            f"Hightouch run {run_id} from an earlier attempt ended {run.status}; triggering anew."
+        )
+        return None
+    context.log.info(
+        f"Re-attaching to Hightouch run {run_id} that an earlier attempt of this run started "
+        "(no second trigger)."
+    )
+    return run_id
+
+
+def failed_rows_violation(run: SyncRun, policy: FailurePolicy) -> str | None:
+    """Why the run's failed rows break the destination's policy, or None when they do not.
+
+    With no limit declared, any failed row breaks it: the safe default for a product whose
+    job is that no row goes missing unnoticed. `warning` runs follow the same rule.
+    """
+    failed = run.failed.total
+    attempted = run.planned.total or (run.successful.total + failed)
+    max_rows = policy.max_failed_rows
+    if max_rows is None and policy.max_failed_ratio is None:
+        max_rows = 0
+    if max_rows is not None and failed > max_rows:
+        return f"{failed} rows failed, more than max_failed_rows={max_rows}"
+    if (
+        policy.max_failed_ratio is not None
+        and attempted
+        and failed / attempted > (policy.max_failed_ratio)
+    ):
+        return (
+            f"{failed} of {attempted} rows failed ({failed / attempted:.2%}), more than "
+            f"max_failed_ratio={policy.max_failed_ratio:.2%}"
+        )
+    return None
+
+
+def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]:
+    """Metadata of a Hightouch run (the names the report and the summaries read back)."""
+    values: dict[str, object] = {
+        "hightouch_sync_id": run.sync_id,
+        "hightouch_run_id": run.id,
+        "hightouch_status": run.status,
+        "query_size": run.query_size,
+    }
+    for prefix, counts in (
+        ("planned", run.planned),
+        ("successful", run.successful),
+        ("failed", run.failed),
+    ):
+        values[f"{prefix}_added"] = counts.added
+        values[f"{prefix}_changed"] = counts.changed
+        values[f"{prefix}_removed"] = counts.removed
+    metadata = {
+        name: dg.MetadataValue.text(v) if isinstance(v, str) else dg.MetadataValue.int(v)
+        for name, v in values.items()
+    }
+    metadata["hightouch_run_url"] = dg.MetadataValue.url(run_url)
+    return metadata
+
+
+def _check_pool(context: StepContext, destination: Destination) -> None:
+    """Every step that syncs a destination must hold its pool; a job that forgot would let two
+    runs write one CRM object at once, so it is refused before anything is sent."""
+    held = context.op_def.pool
+    if held != destination.pool:
+        raise SyncRefused(
+            destination,
+            f"step {context.op_def.name} holds pool {held or '(none)'}, not {destination.pool}; "
+            "every step that syncs a destination must carry its pool",
+        )
+
+
+def sync_destination(
+    context: StepContext,
+    destination: Destination,
+    *,
+    hightouch: HightouchResource,
+    gate: QualityGate,
+    pagerduty: PagerDutyResource | None,
+    slack: SlackWebhookResource | None,
+    options: SyncOptions = SyncOptions(),
+    stage: Stage = Stage.PRODUCTION,
+    once_per_family: bool = False,
+    extra_metadata: Mapping[str, object] | None = None,
+) -> SyncResult:
+    """Gate, pool, re-attach or trigger once, follow, judge failed rows, record: the one path
+    from a Dagster step to a Hightouch trigger (see the module docstring).
+
+    Returns the accepted run; raises `GateClosed` or `SyncRefused` before any trigger, or a
+    `dg.Failure` (retryable only for transient faults) after one. An op caller gets the sync
+    asset's materialization logged here; an asset step returns `result.metadata` itself.
+    """
+    enforce_gate(context, destination, gate=gate, pagerduty=pagerduty, slack=slack)
+    _check_pool(context, destination)
+    key = sync_asset_key_for(destination.key)
+    with hightouch.get_client() as client:
+        try:
+            result = _sync(context, key, destination, client, options, stage, once_per_family)
+        except HightouchRunFailed as error:
+            # Only an interrupted run (Hightouch's own infrastructure stopped it) is worth a new
+            # trigger from a step retry. A failed run is the destination's verdict and a
+            # cancelled one was stopped on purpose: both fail the step for a human to look at.
+            raise dg.Failure(
+                description=f"{destination.key}: {error}",
+                metadata={
+                    **sync_run_metadata(error.run, error.run_url),
+                    "destination": dg.MetadataValue.text(destination.key),
+                },
+                allow_retries=error.run.status == "interrupted" and not once_per_family,
+            ) from None
+        except (HightouchRequestRefused, HightouchPollTimeout) as error:
+            raise dg.Failure(
+                description=f"{destination.key}: {error}", allow_retries=False
+            ) from None
+        except HightouchError as error:
+            raise dg.Failure(
+                description=f"{destination.key}: {error}", allow_retries=True
+            ) from None
+    metadata = result.metadata
+    metadata["sync_stage"] = dg.MetadataValue.text(stage.value)
+    metadata.update({k: _metadata_value(v) for k, v in (extra_metadata or {}).items()})
+    if stage is Stage.PRODUCTION:
+        _remember_synced_rows(context, destination, metadata)
+        if not context.has_assets_def:
+            context.log_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+        _resolve_page(context, destination, pagerduty, slack)
+    return result
+
+
+def _sync(
+    context: StepContext,
+    key: dg.AssetKey,
+    destination: Destination,
+    client: HightouchClient,
+    options: SyncOptions,
+    stage: Stage,
+    once_per_family: bool,
+) -> SyncResult:
+    declared_id, slug = sync_reference(destination, stage)
+    sync_id = declared_id or client.resolve_sync_id(slug or "")
+    run_id = find_run_to_follow(
+        context, key, client, sync_id, once_per_family=once_per_family, destination=destination
+    )
+    if run_id is None:
+        _mark(context, key, sync_id, "intent", intent_at=datetime.now(UTC).isoformat())
+        run_id = client.trigger(
+            sync_id, full_resync=options.full_resync, reset_cdc=options.reset_cdc
+        )
+        _mark(context, key, sync_id, "triggered", hightouch_run_id=run_id)
+        context.log.info(
+            f"Triggered Hightouch run {run_id} of {stage.value} sync {sync_id}"
+            + (" (full resync)" if options.full_resync else "")
+        )
+    run = client.wait_for_run(sync_id, run_id)
+    url = client.run_url(sync_id, run_id)
+    metadata = sync_run_metadata(run, url)
+    context.log.info(
+        f"Hightouch run {run_id} {run.status}: planned +{run.planned.added} "
+        f"~{run.planned.changed} -{run.planned.removed}, failed {run.failed.total}"
+    )
+    violation = failed_rows_violation(run, destination.failure_policy)
+    if violation:
+        message = f"{destination.key}: Hightouch run {run_id} ({run.status}): {violation} ({url})"
+        if destination.failure_policy.on_exceed == "fail":
+            metadata["destination"] = dg.MetadataValue.text(destination.key)
+            raise dg.Failure(description=message, metadata=metadata, allow_retries=False)
+        context.log.warning(message)
+        metadata["failure_policy"] = dg.MetadataValue.text(f"exceeded, warned: {violation}")
+    return SyncResult(run, url, metadata)
+
+
+def _metadata_value(value: object) -> dg.MetadataValue:
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    return dg.MetadataValue.text(str(value))
+
+
+def _remember_synced_rows(
+    context: StepContext, destination: Destination, metadata: dict[str, dg.MetadataValue]
+) -> None:
+    """The guards measure the next sync's changes against what this one shipped. A snapshot
+    that cannot be written leaves the older one in place: the next guard then sees more change,
+    never less, so the failure is logged and the sync stands."""
+    try:
+        rows = record_synced_snapshot(destination)
+    except Exception as error:  # the warehouse may be locked or unreachable; see docstring
+        context.log.warning(f"{destination.key}: synced snapshot not recorded: {error}")
+        return
+    metadata["synced_snapshot_rows"] = dg.MetadataValue.int(rows)
+
+
+def _resolve_page(
+    context: StepContext,
+    destination: Destination,
+    pagerduty: PagerDutyResource | None,
+    slack: SlackWebhookResource | None,
+) -> None:
+    """The owner's gate page closes once the destination synced again; paging faults are
+    logged and never fail a sync that shipped."""
+    try:
+        resolve_gate_page(context, destination, pagerduty=pagerduty, slack=slack)
+    except Exception as error:  # noqa: BLE001 - the rows are shipped; the page can wait
+        context.log.error(f"PAGING FAILED: gate page of {destination.key} not resolved: {error}")

@@ -1,0 +1,122 @@
+"""Airbyte connections as assets: each selected stream is a `raw/<stream>` asset.
+
+The streams are listed from the Airbyte API when definitions load: dagster-airbyte's
+`load_airbyte_asset_specs` requires it (Dagster's own loading), so the Airbyte server (or the
+sandbox) must answer before the code location loads. Nothing calls Airbyte at import time.
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from dagster_airbyte import (
+    AirbyteConnectionTableProps,
+    AirbyteWorkspace,
+    DagsterAirbyteTranslator,
+    load_airbyte_asset_specs,
+)
+from dagster_airbyte.translator import AirbyteMetadataSet
+
+INGEST_GROUP = "ingest"
+
+
+class RawStreamTranslator(DagsterAirbyteTranslator):
+    """`raw/<stream>`: the same key dbt gives its `raw` source, so the graph joins up."""
+
+    def get_asset_spec(self, props: AirbyteConnectionTableProps) -> dg.AssetSpec:
+        spec = super().get_asset_spec(props)
+        return spec.replace_attributes(
+            key=dg.AssetKey(["raw", props.table_name]), group_name=INGEST_GROUP
+        )
+
+
+def build_ingest_assets(workspace: AirbyteWorkspace) -> list[dg.AssetsDefinition]:
+    # The specs are listed once and split per connection: `@airbyte_assets` would list them
+    # again for every connection (an API round of ~0.4 s each at load time).
+    specs_by_connection: dict[tuple[str, str], list[dg.AssetSpec]] = {}
+    for spec in load_airbyte_asset_specs(
+        workspace, dagster_airbyte_translator=RawStreamTranslator()
+    ):
+        airbyte_metadata = AirbyteMetadataSet.extract(spec.metadata)
+        connection = (airbyte_metadata.connection_id, airbyte_metadata.connection_name)
+        specs_by_connection.setdefault(connection, []).append(spec)
+    return [
+        _connection_assets(connection_id, name, specs)
+        for (connection_id, name), specs in sorted(
+            specs_by_connection.items(), key=lambda item: item[0][1]
+        )
+    ]
+
+
+def _connection_assets(
+    connection_id: str, connection_name: str, specs: list[dg.AssetSpec]
+) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name=f"airbyte_{dg_safe(connection_name)}",
+        specs=specs,
+        can_subset=True,
+        description=f"Airbyte sync of connection {connection_name}.",
+    )
+    def _sync(
+        context: AssetExecutionContext, airbyte: AirbyteWorkspace
+    ) -> Iterator[dg.MaterializeResult]:
+        # The job id is the link between this step and the Airbyte UI; dagster-airbyte only logs
+        # it, so it is put on every stream's materialization here.
+        try:
+            output = airbyte.get_client().sync_and_poll(connection_id=connection_id)
+        except dg.Failure as error:
+            raise explain_airbyte_failure(connection_name, connection_id, error) from None
+        job = output.job_details
+        metadata = {
+            "airbyte_job_id": job.get("jobId"),
+            "airbyte_job_status": job.get("status"),
+            "airbyte_connection": connection_name,
+            "rows_synced_by_job": job.get("rowsSynced"),
+        }
+        context.log.info(
+            f"Airbyte job {job.get('jobId')} for {connection_name}: {job.get('status')}"
+        )
+        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+    return _sync
+
+
+def explain_airbyte_failure(
+    connection_name: str, connection_id: str, error: dg.Failure
+) -> dg.Failure:
+    """dagster-airbyte's terse failures ("Job failed: 12"), said with the connection and what to
+    check. Never retried by Dagster: a failed or timed-out Airbyte job needs a look in Airbyte
+    first, and the job was cancelled on timeout so nothing is left running."""
+    detail = error.description or "the Airbyte sync failed"
+    hint = "open the job in Airbyte for its logs"
+    if detail.startswith("Timeout"):
+        hint = (
+            "Dagster stopped waiting and cancelled the Airbyte job "
+            "(ACTIVATION_AIRBYTE_POLL_TIMEOUT_SECONDS sets the wait)"
+        )
+    elif "Max retries" in detail and "/jobs" in detail:
+        hint = (
+            "Airbyte refused to start a sync; a 409 means one is already running for this "
+            "connection and started in the moment between Dagster's check and its request: "
+            "re-run once it has finished"
+        )
+    return dg.Failure(
+        description=f"Airbyte connection {connection_name} ({connection_id}): {detail}; {hint}.",
+        metadata=error.metadata,
+        allow_retries=False,
+    )
+
+
+def dg_safe(name: str) -> str:
+    """An op name made of the connection name (letters, digits and underscores only)."""
+    cleaned = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+    return cleaned or "connection"
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Imported here: resources imports nothing from defs/, and the listing needs the workspace.
+    from activation.resources import build_airbyte_workspace
+
+    return dg.Definitions(assets=build_ingest_assets(build_airbyte_workspace()))

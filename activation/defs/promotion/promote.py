@@ -1,0 +1,617 @@
+"""The `promote` job: a declared destination's staging sync, a human sign-off, then its
+production sync.
+
+    promotion_target -> staging_sync__<key> -> request_review -> sign_off
+                     -> production_sync__<key> -> announce
+
+The form names a destination key from destinations.yaml; its staging twin is declared there too.
+An unknown key (or one without a staging twin) is refused by the form mapping, before the run is
+created, listing the valid keys. Each destination has its own staging and production op, carrying
+its concurrency pool; `promotion_target` yields only the chosen destination's branch and Dagster
+skips the others (they take no pool slot).
+
+Both syncs go through the one sync path (`activation.core.sync_path.sync_destination`): the quality
+gate, the pool, re-attach, the failed-rows policy. `request_review` posts the staging run's counts
+and a one-time approval code to Slack and Teams; `sign_off` waits until a valid decision is
+recorded for this run (see `activation.core.approvals`), given with `activation approve|reject` or by
+launching the small `sign_off_decision` job from the Launchpad (op and job names share one
+namespace in Dagster, so it cannot be `sign_off`). A rejection or an expired wait fails the run
+before production, so production is never triggered.
+
+An approval is bound to the run family, the staging Hightouch run, the destination's production
+sync and the full-resync flag. The production step re-reads the approval from the records, refuses
+any other target or flag (naming the approved values), and triggers at most once in the whole run
+family: a re-execution re-attaches to the run the approval started, a replay after it synced is
+refused.
+
+This module must not use `from __future__ import annotations`: Dagster reads the op signatures.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import dagster as dg
+from pydantic import Field
+
+from activation.core.approvals import (
+    APPROVALS_KEY,
+    REVIEW_STEP,
+    DecisionRefused,
+    ReviewRequest,
+    Verdict,
+    code_proof,
+    code_verifier,
+    decision_tags,
+    judged_decisions,
+    new_approval_code,
+    read_entries,
+    record_decision,
+    review_request_observation,
+    tag_run,
+    utc_text,
+    verified_approval,
+)
+from activation.core.approvals import Decision as SignOff
+from activation.core.sync_path import Stage, SyncOptions, run_family, sync_destination
+from activation.lib.destinations import Destination, load_destinations
+from activation.lib.notify import NotificationError
+from activation.lib.review_messages import (
+    ReviewInvitation,
+    RunSummary,
+    outcome_slack_message,
+    outcome_teams_card,
+    review_slack_message,
+    review_teams_card,
+)
+from activation.resources import (
+    HightouchResource,
+    PagerDutyResource,
+    QualityGate,
+    SlackWebhookResource,
+    TeamsWebhookResource,
+)
+
+PROMOTION_GROUP = "promotion"
+PROMOTE_JOB = "promote"
+
+
+class PromotionFormError(ValueError):
+    """The promote form is unusable; the message names each field and the valid values."""
+
+
+class PromotionConfig(dg.Config):
+    """The promote job's Launchpad form (one form, mapped onto every op that reads it)."""
+
+    destination: str = Field(
+        description="Key of the destination to promote, as declared in destinations.yaml with a "
+        "`staging:` twin. Its staging sync runs first; its production sync only after an "
+        "approval."
+    )
+    full_resync: bool = Field(
+        default=False,
+        description="Run both syncs as full resyncs (no diff; every row is sent again). The "
+        "approval covers this choice: it cannot be changed afterwards.",
+    )
+    allowed_reviewers: list[str] = Field(
+        default=[],
+        description="Names allowed to decide (compared case-insensitively). Empty: anyone "
+        "holding the approval code.",
+    )
+    approval_timeout_seconds: float = Field(
+        default=4 * 3600.0,
+        description="How long sign_off waits for a decision; after it the run fails with "
+        "'approval expired' and production is not triggered.",
+    )
+    poll_interval_seconds: float = Field(
+        default=5.0, description="Seconds between sign_off's reads of recorded decisions."
+    )
+    notify_slack: bool = Field(
+        default=True, description="Post the review request and the outcome to Slack."
+    )
+    notify_teams: bool = Field(
+        default=True,
+        description="Post them to Microsoft Teams as Adaptive Cards (needs TEAMS_WEBHOOK_URL).",
+    )
+    dagster_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="Base URL of the Dagster UI, for the run link in the messages.",
+    )
+
+    def problems(self, promotable: Sequence[str]) -> list[str]:
+        """What is wrong with this form, naming each field (empty when it is usable)."""
+        found = []
+        if self.destination.strip() not in promotable:
+            found.append(
+                f"destination: {self.destination!r} is not a declared destination with a "
+                f"staging twin; valid: {', '.join(promotable) or '(none declared)'}"
+            )
+        if self.approval_timeout_seconds <= 0:
+            found.append("approval_timeout_seconds: must be greater than 0")
+        if self.poll_interval_seconds <= 0:
+            found.append("poll_interval_seconds: must be greater than 0")
+        if not (self.notify_slack or self.notify_teams):
+            found.append(
+                "notify_slack / notify_teams: enable at least one, or no reviewer receives the "
+                "approval code"
+            )
+        if any(not name.strip() for name in self.allowed_reviewers):
+            found.append("allowed_reviewers: names must not be blank")
+        return found
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """The production run an approval started, with that approval (for the announcement)."""
+
+    summary: RunSummary
+    approval: SignOff
+
+
+def production_reference(destination: Destination) -> str:
+    """The production sync an approval covers: its declared id, else its declared slug."""
+    return destination.sync_id or destination.sync_slug or ""
+
+
+def _notify(
+    config: PromotionConfig,
+    slack: SlackWebhookResource,
+    teams: TeamsWebhookResource,
+    slack_message: dict,
+    teams_card: dict,
+) -> list[str]:
+    """Post to every configured channel, even when an earlier one fails; returns the channels
+    reached, or raises naming each channel that failed once all were tried."""
+    reached, failures = [], []
+    channels = [
+        ("slack", config.notify_slack, lambda: slack.post(slack_message)),
+        ("teams", config.notify_teams, lambda: teams.post(teams_card)),
+    ]
+    for name, enabled, post in channels:
+        if not enabled:
+            continue
+        try:
+            post()
+            reached.append(name)
+        except NotificationError as error:
+            failures.append(f"{name}: {error}")
+    if failures:
+        raise NotificationError(
+            "; ".join(failures) + (f" (reached: {', '.join(reached)})" if reached else "")
+        )
+    return reached
+
+
+def _tell_outcome(
+    context: dg.OpExecutionContext,
+    config: PromotionConfig,
+    slack: SlackWebhookResource,
+    teams: TeamsWebhookResource,
+    headline: str,
+    summary: RunSummary | None,
+    detail: str,
+) -> None:
+    """Best effort: a failed notice must not hide why the run stopped."""
+    try:
+        _notify(
+            config,
+            slack,
+            teams,
+            outcome_slack_message(context.run_id, headline, summary, detail),
+            outcome_teams_card(context.run_id, headline, summary, detail),
+        )
+    except Exception as error:  # the Failure that follows is what matters
+        context.log.warning(f"Could not post the outcome: {error}")
+
+
+def _public_metadata(decision: SignOff) -> dict[str, object]:
+    """The decision as shown in the promotion run (the proof stays in the approvals record)."""
+    metadata = decision.metadata()
+    metadata.pop("proof")
+    metadata["kind"] = "sign_off"
+    return metadata
+
+
+def _await_decision(
+    context: dg.OpExecutionContext, review: ReviewRequest, poll_seconds: float
+) -> SignOff | None:
+    """The first valid decision on this run, or None once the approval expires. Void decisions
+    and refusals are logged as warnings once each, so the run shows every attempt."""
+    reported: set[int] = set()
+    while True:
+        entries = read_entries(context.instance, since=review.requested_at - 1)
+        decision = None
+        for entry, valid, problem in judged_decisions(review, entries):
+            decision = decision or valid
+            if problem and entry.storage_id not in reported:
+                reported.add(entry.storage_id)
+                context.log.warning(
+                    f"Ignored a decision by {entry.meta.get('reviewer')!r}: {problem}"
+                )
+        for entry in entries:
+            mine = entry.meta.get("promotion_run_id") == review.promotion_run_id
+            if entry.kind == "refused" and mine and entry.storage_id not in reported:
+                reported.add(entry.storage_id)
+                context.log.warning(
+                    f"Refused a {entry.meta.get('decision')} by {entry.meta.get('reviewer')!r}: "
+                    f"{entry.meta.get('refusal')}"
+                )
+        if decision is not None:
+            return replace(decision, proof="")  # the proof stays in the approvals record only
+        remaining = review.expires_at - time.time()
+        if remaining <= 0:
+            return None
+        time.sleep(min(poll_seconds, remaining))
+
+
+def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
+    """The promote job over the destinations that declare a staging twin."""
+    promotable = tuple(d for d in destinations if d.staging is not None)
+    keys = tuple(d.key for d in promotable)
+    by_key = {d.key: d for d in promotable}
+
+    @dg.op(
+        name="promotion_target",
+        out={key: dg.Out(str, is_required=False) for key in keys},
+        description="Starts the branch of the destination the form names (the others are "
+        "skipped and hold no pool).",
+    )
+    def promotion_target(context: dg.OpExecutionContext, config: PromotionConfig):
+        problems = config.problems(keys)  # the form mapping refused these already; kept for
+        if problems:  # a run launched with raw op config instead of the form
+            raise dg.Failure("The promote form is invalid: " + "; ".join(problems))
+        key = config.destination.strip()
+        context.log.info(f"Promoting {key}: staging sync first, production after sign-off")
+        yield dg.Output(key, output_name=key)
+
+    def staging_op(destination: Destination) -> dg.OpDefinition:
+        @dg.op(
+            name=f"staging_sync__{destination.key}",
+            pool=destination.pool,
+            tags={"destination": destination.destination_type},
+            description=f"Syncs {destination.key}'s staging twin through the one sync path "
+            "(gate, pool, re-attach, failed-rows policy) and waits for its run.",
+        )
+        def staging_sync(
+            context: dg.OpExecutionContext,
+            config: PromotionConfig,
+            target: str,
+            hightouch: HightouchResource,
+            pagerduty: PagerDutyResource,
+            slack: SlackWebhookResource,
+            quality_gate: QualityGate,
+        ) -> dg.Output[RunSummary]:
+            result = sync_destination(
+                context,
+                destination,
+                hightouch=hightouch,
+                gate=quality_gate,
+                pagerduty=pagerduty,
+                slack=slack,
+                options=SyncOptions(full_resync=config.full_resync),
+                stage=Stage.STAGING,
+            )
+            summary = RunSummary.of(result.run, result.run_url)
+            context.log.info(f"Staging run {summary.run_id} {summary.status}: {summary.counts}")
+            return dg.Output(summary, metadata=result.metadata)
+
+        return staging_sync
+
+    @dg.op(
+        name=REVIEW_STEP,
+        description="Posts the staging counts and a one-time approval code to Slack and Teams, "
+        "and records the request (with only the code's verifier) on promotion/approvals.",
+    )
+    def request_review(
+        context: dg.OpExecutionContext,
+        config: PromotionConfig,
+        staging: list[RunSummary],
+        slack: SlackWebhookResource,
+        teams: TeamsWebhookResource,
+    ) -> dg.Output[ReviewRequest]:
+        (summary,) = staging  # promotion_target started exactly one branch
+        destination = by_key[config.destination.strip()]
+        code = new_approval_code()
+        now = time.time()
+        request = ReviewRequest(
+            promotion_run_id=context.run_id,
+            staging=summary,
+            production_sync=production_reference(destination),
+            verifier=code_verifier(code_proof(context.run_id, code)),
+            allowed_reviewers=tuple(name.strip() for name in config.allowed_reviewers),
+            requested_at=now,
+            expires_at=now + config.approval_timeout_seconds,
+            destination=destination.key,
+            run_family=run_family(context),
+            full_resync=config.full_resync,
+        )
+        # Recorded before posting: a reviewer quick enough to answer at once must find it.
+        context.log_event(review_request_observation(request))
+        invitation = ReviewInvitation(
+            promotion_run_id=context.run_id,
+            promotion_run_url=f"{config.dagster_url.rstrip('/')}/runs/{context.run_id}",
+            staging=summary,
+            production_sync=request.production_sync,
+            code=code,
+            expires_at=utc_text(request.expires_at),
+            allowed_reviewers=request.allowed_reviewers,
+        )
+        try:
+            reached = _notify(
+                config,
+                slack,
+                teams,
+                review_slack_message(invitation),
+                review_teams_card(invitation),
+            )
+        except NotificationError as error:
+            raise dg.Failure(
+                description=f"The review request could not be posted everywhere: {error}. "
+                "Production will not run without a review.",
+                allow_retries=False,
+            ) from None
+        context.log.info(
+            f"Review requested in {', '.join(reached)}; waiting until "
+            f"{utc_text(request.expires_at)}"
+        )
+        return dg.Output(
+            request,
+            metadata={
+                "posted_to": ", ".join(reached),
+                "destination": destination.key,
+                "staging_run_id": summary.run_id,
+                "production_sync": request.production_sync,
+                "full_resync": config.full_resync,
+                "expires_at": utc_text(request.expires_at),
+                "allowed_reviewers": ", ".join(request.allowed_reviewers)
+                or "(anyone with the code)",
+            },
+        )
+
+    @dg.op(
+        name="sign_off",
+        out={key: dg.Out(SignOff, is_required=False) for key in keys},
+        description="Waits for a valid approve or reject of this run (CLI or the "
+        "sign_off_decision job); fails on rejection or when the approval expires, so production "
+        "is never triggered.",
+    )
+    def sign_off(
+        context: dg.OpExecutionContext,
+        config: PromotionConfig,
+        review: ReviewRequest,
+        slack: SlackWebhookResource,
+        teams: TeamsWebhookResource,
+    ):
+        decision = _await_decision(context, review, config.poll_interval_seconds)
+        if decision is None:
+            detail = (
+                f"approval expired at {utc_text(review.expires_at)}: no decision on promotion "
+                f"run {review.promotion_run_id}; production sync {review.production_sync} was "
+                "not triggered"
+            )
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=APPROVALS_KEY,
+                    description=f"Approval expired for promotion run {review.promotion_run_id}",
+                    metadata={"kind": "expired", "promotion_run_id": review.promotion_run_id},
+                )
+            )
+            tag_run(context.instance, context.run_id, {"activation/sign_off/decision": "expired"})
+            _tell_outcome(context, config, slack, teams, "Promotion expired", None, detail)
+            raise dg.Failure(description=detail)
+
+        metadata = _public_metadata(decision)
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=APPROVALS_KEY,
+                description=f"Sign-off of promotion run {review.promotion_run_id}",
+                metadata=metadata,
+            )
+        )
+        tag_run(context.instance, context.run_id, decision_tags(decision))
+        if decision.verdict is Verdict.REJECT:
+            detail = (
+                f"rejected by {decision.reviewer} at {decision.decided_at_utc}: {decision.note}; "
+                f"production sync {review.production_sync} was not triggered"
+            )
+            _tell_outcome(context, config, slack, teams, "Promotion rejected", None, detail)
+            raise dg.Failure(description=detail, metadata=metadata)
+        context.log.info(f"Approved by {decision.reviewer} at {decision.decided_at_utc}")
+        yield dg.Output(decision, output_name=review.destination, metadata=metadata)
+
+    def production_op(destination: Destination) -> dg.OpDefinition:
+        @dg.op(
+            name=f"production_sync__{destination.key}",
+            pool=destination.pool,
+            tags={"destination": destination.destination_type},
+            description=f"Syncs {destination.key}'s production sync once, only under the "
+            "approval of this run family, through the one sync path.",
+        )
+        def production_sync(
+            context: dg.OpExecutionContext,
+            config: PromotionConfig,
+            approval: SignOff,
+            hightouch: HightouchResource,
+            pagerduty: PagerDutyResource,
+            slack: SlackWebhookResource,
+            quality_gate: QualityGate,
+        ) -> dg.Output[Promoted]:
+            try:
+                request = verified_approval(context.instance, approval)
+            except DecisionRefused as error:
+                raise dg.Failure(
+                    description=f"Production sync of {destination.key} refused: {error}. "
+                    "Nothing was sent.",
+                    allow_retries=False,
+                ) from None
+            problem = request.binding_problem(
+                run_family=run_family(context),
+                destination=config.destination.strip(),
+                production_sync=production_reference(destination),
+                full_resync=config.full_resync,
+            )
+            if problem:
+                raise dg.Failure(
+                    description=f"Production sync of {destination.key} refused: {problem}. "
+                    "Nothing was sent; a new target or flag needs a new promote run.",
+                    allow_retries=False,
+                )
+            result = sync_destination(
+                context,
+                destination,
+                hightouch=hightouch,
+                gate=quality_gate,
+                pagerduty=pagerduty,
+                slack=slack,
+                options=SyncOptions(full_resync=request.full_resync),
+                stage=Stage.PRODUCTION,
+                once_per_family=True,
+                extra_metadata={
+                    "approved_by": approval.reviewer,
+                    "approved_at": approval.decided_at_utc,
+                    "approval_decision_id": approval.decision_id,
+                    "promotion_run_id": request.promotion_run_id,
+                },
+            )
+            summary = RunSummary.of(result.run, result.run_url)
+            return dg.Output(
+                Promoted(summary, approval),
+                metadata={**result.metadata, "approved_by": approval.reviewer},
+            )
+
+        return production_sync
+
+    @dg.op(description="Announces the production run with its id, counts and approver.")
+    def announce(
+        context: dg.OpExecutionContext,
+        config: PromotionConfig,
+        promoted: list[Promoted],
+        slack: SlackWebhookResource,
+        teams: TeamsWebhookResource,
+    ) -> dg.Output[None]:
+        (done,) = promoted
+        approval, production = done.approval, done.summary
+        detail = f"Approved by {approval.reviewer} at {approval.decided_at_utc}"
+        if approval.note:
+            detail += f": {approval.note}"
+        headline = f"Promoted {approval.destination} to production sync {production.sync_id}"
+        reached = _notify(
+            config,
+            slack,
+            teams,
+            outcome_slack_message(context.run_id, headline, production, detail),
+            outcome_teams_card(context.run_id, headline, production, detail),
+        )
+        return dg.Output(None, metadata={"posted_to": ", ".join(reached), **production.counts})
+
+    staging_ops = {d.key: staging_op(d) for d in promotable}
+    production_ops = {d.key: production_op(d) for d in promotable}
+    configured = [
+        "promotion_target",
+        REVIEW_STEP,
+        "sign_off",
+        "announce",
+        *(op.name for op in staging_ops.values()),
+        *(op.name for op in production_ops.values()),
+    ]
+
+    @dg.config_mapping
+    def promotion_form(config: PromotionConfig) -> dict:
+        """One Launchpad form for the whole job, checked before the run is created."""
+        problems = config.problems(keys)
+        if problems:
+            raise PromotionFormError("The promote form is invalid: " + "; ".join(problems))
+        values = config.model_dump()
+        return {"ops": {name: {"config": values} for name in configured}}
+
+    @dg.job(
+        name=PROMOTE_JOB,
+        config=promotion_form,
+        description="Promote a declared destination from its staging twin to production with a "
+        "human sign-off: staging sync, review request (Slack and Teams), sign-off, production "
+        "sync, announcement. Both syncs pass the quality gate and hold the destination's pool.",
+        tags={"activation/concern": "promotion"},
+    )
+    def promote() -> None:
+        targets = promotion_target()
+        review = request_review([staging_ops[key](getattr(targets, key)) for key in keys])
+        approvals = sign_off(review)
+        announce([production_ops[key](getattr(approvals, key)) for key in keys])
+
+    return promote
+
+
+class SignOffDecision(Enum):
+    approve = "approve"
+    reject = "reject"
+
+
+class SignOffForm(dg.Config):
+    """The sign_off_decision job's Launchpad form: a decision on one waiting promotion run."""
+
+    promotion_run_id: str = Field(description="Run id of the promote run waiting for sign-off.")
+    decision: SignOffDecision = Field(description="approve or reject.")
+    reviewer: str = Field(description="Your name (must be in the run's allow-list, if any).")
+    approval_code: str = Field(
+        description="The one-time code from the review message in Slack or Teams."
+    )
+    comment: str = Field(
+        default="", description="Comment (approve) or reason (reject; required to reject)."
+    )
+    staging_run_id: str = Field(
+        default="",
+        description="The staging Hightouch run id shown in the review message; empty means the "
+        "one currently under review.",
+    )
+
+
+@dg.op(description="Records the decision on the named promotion run, or fails saying why not.")
+def record_sign_off(context: dg.OpExecutionContext, config: SignOffForm) -> dg.Output[None]:
+    try:
+        decision = record_decision(
+            context.instance,
+            promotion_run_id=config.promotion_run_id,
+            verdict=Verdict(config.decision.value),
+            reviewer=config.reviewer,
+            code=config.approval_code,
+            note=config.comment,
+            staging_run_id=config.staging_run_id or None,
+            source=f"sign_off_decision run {context.run_id}",
+        )
+    except DecisionRefused as error:
+        raise dg.Failure(description=str(error)) from None
+    context.log.info(
+        f"Recorded {decision.verdict.value} of promotion run {decision.promotion_run_id} by "
+        f"{decision.reviewer} at {decision.decided_at_utc}"
+    )
+    return dg.Output(None, metadata=_public_metadata(decision))
+
+
+@dg.job(
+    name="sign_off_decision",
+    description="Approve or reject a waiting promote run from the Launchpad (needs the code "
+    "posted in the review channel).",
+    tags={"activation/concern": "promotion"},
+)
+def sign_off_job() -> None:
+    record_sign_off()
+
+
+def build_promotion_definitions(destinations: Sequence[Destination]) -> dg.Definitions:
+    """The promote and sign_off_decision jobs and the approvals asset."""
+    approvals = dg.AssetSpec(
+        APPROVALS_KEY,
+        group_name=PROMOTION_GROUP,
+        description="Review requests, decisions and refusals of promote runs (observations).",
+        kinds={"dagster"},
+    )
+    return dg.Definitions(
+        assets=[approvals],
+        jobs=[build_promote_job(destinations), sign_off_job],
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_promotion_definitions(load_destinations())

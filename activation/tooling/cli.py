@@ -1,0 +1,177 @@
+"""The `activation` command: the sandbox server, the demo, and `dagster dev` with the sandbox."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from activation.lib.paths import data_dir
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from activation.sandbox.app import serve
+    from activation.sandbox.context import SandboxSettings
+
+    settings = SandboxSettings(
+        data_dir=Path(args.data_dir).resolve() if args.data_dir else data_dir(),
+        rows=args.rows,
+        phase_seconds=args.phase_seconds,
+        hightouch_token=args.hightouch_token,
+    )
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from activation.tooling.demo import prepare_dbt_manifest
+
+    print(f"dbt manifest ready: {prepare_dbt_manifest()}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from activation.tooling.demo import run_demo
+
+    return run_demo()
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from activation.tooling.dev import run_dev
+
+    return run_dev(port=args.port, sandbox_port=args.sandbox_port, webhook_port=args.webhook_port)
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from activation.lib.environment import MissingSettingError
+    from activation.webhooks.intake import serve
+
+    try:
+        serve(args.host, args.port, args.tolerance_seconds)
+    except MissingSettingError as error:
+        print(f"activation webhooks: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    """Record an approve or reject of a waiting promote run in the instance of DAGSTER_HOME."""
+    import dagster as dg
+
+    from activation.core.approvals import DecisionRefused, Verdict, record_decision
+
+    verdict = Verdict(args.command)
+    with dg.DagsterInstance.get() as instance:
+        try:
+            decision = record_decision(
+                instance,
+                promotion_run_id=args.run_id,
+                verdict=verdict,
+                reviewer=args.reviewer,
+                code=args.code,
+                note=(args.comment if verdict is Verdict.APPROVE else args.reason) or "",
+                staging_run_id=args.staging_run,
+                source="cli",
+            )
+        except DecisionRefused as error:
+            print(f"activation {args.command}: {error}", file=sys.stderr)
+            return 1
+    note = f" ({decision.note})" if decision.note else ""
+    print(
+        f"Recorded: {decision.verdict.value} of promotion run {decision.promotion_run_id} by "
+        f"{decision.reviewer} at {decision.decided_at_utc}{note}; staging Hightouch run "
+        f"{decision.staging.run_id} (+{decision.staging.planned_added} "
+        f"~{decision.staging.planned_changed} -{decision.staging.planned_removed} planned, "
+        f"{decision.staging.failed_total} failed)"
+    )
+    return 0
+
+
+def _decision_parser(commands: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    decide = commands.add_parser(name, help=help_text)
+    decide.add_argument("run_id", metavar="RUN_ID", help="Run id of the waiting promote run.")
+    decide.add_argument(
+        "--reviewer", required=True, help="Your name (checked against the run's allow-list)."
+    )
+    decide.add_argument(
+        "--code", required=True, help="The one-time approval code from the review message."
+    )
+    decide.add_argument(
+        "--staging-run",
+        help="The staging Hightouch run id from the review "
+        "message (default: the one under review).",
+    )
+    if name == "approve":
+        decide.add_argument("--comment", default="", help="Why you approve (optional).")
+    else:
+        decide.add_argument("--reason", required=True, help="Why you reject (required).")
+    decide.set_defaults(handler=_decide)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="activation", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sandbox = commands.add_parser(
+        "sandbox", help="Serve the local stand-ins of Airbyte, Hightouch, the CRMs and Slack."
+    )
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument(
+        "--data-dir",
+        help="Warehouse and sandbox state (default: $ACTIVATION_DATA_DIR or .activation)",
+    )
+    sandbox.add_argument(
+        "--rows", type=int, default=1000, help="Customers per Airbyte sync (up to 1,000,000)."
+    )
+    sandbox.add_argument(
+        "--phase-seconds", type=float, default=0.2, help="Duration of each job or run phase."
+    )
+    sandbox.add_argument(
+        "--hightouch-token", help="Accept only this Bearer token (default: any non-empty token)."
+    )
+    sandbox.set_defaults(handler=_sandbox)
+
+    prepare = commands.add_parser("prepare", help="Parse the dbt project into its manifest.")
+    prepare.set_defaults(handler=_prepare)
+
+    demo = commands.add_parser(
+        "demo", help="Run the chain on the sandbox on good data, then on bad data."
+    )
+    demo.set_defaults(handler=_demo)
+
+    dev = commands.add_parser("dev", help="The sandbox plus `dagster dev` on the code location.")
+    dev.add_argument("--port", type=int, default=3000, help="Dagster webserver port.")
+    dev.add_argument("--sandbox-port", type=int, default=8765)
+    dev.add_argument(
+        "--webhook-port", type=int, default=8766, help="Port of the signal intake it starts."
+    )
+    dev.set_defaults(handler=_dev)
+
+    webhooks = commands.add_parser(
+        "webhooks", help="Serve the signed webhook intake (secret: $ACTIVATION_WEBHOOK_SECRET)."
+    )
+    webhooks.add_argument("--port", type=int, default=8780)
+    webhooks.add_argument(
+        "--host", default="127.0.0.1", help="Keep 127.0.0.1 behind a TLS-terminating proxy."
+    )
+    webhooks.add_argument(
+        "--tolerance-seconds",
+        type=float,
+        default=300.0,
+        help="Reject generic signals whose timestamp is further than this from now.",
+    )
+    webhooks.set_defaults(handler=_webhooks)
+
+    _decision_parser(commands, "approve", "Approve a promote run waiting for sign-off.")
+    _decision_parser(commands, "reject", "Reject a promote run waiting for sign-off.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
