@@ -18,15 +18,20 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/activation demo
 
+# Most tests wait on I/O (sandbox, dbt, Dagster runs): two workers, each test file whole on one
+# worker so its module fixtures (a sandbox, a checked warehouse) are built once.
+TEST_WORKERS ?= 2
+
 test: install
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 dev: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/activation dev
 
 lint: install
-	$(BIN)/ruff check activation tests
-	$(BIN)/ruff format --check activation tests
+	$(BIN)/ruff check activation tests benchmarks
+	$(BIN)/ruff format --check activation tests benchmarks
+	$(BIN)/mypy -p activation
 
 clean:
 	rm -rf .activation dbt_project/target dbt_project/logs

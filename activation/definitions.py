@@ -23,11 +23,13 @@ from activation.resources import build_resources
 
 
 def build_definitions() -> dg.Definitions:
+    # Resources first: a missing setting fails loading with every missing variable named.
+    resources = build_resources()
     location = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     # The gate map needs the whole graph, so it is computed here, once, and injected.
     gate = quality_gate_for(location, load_destinations())
     return dg.Definitions.merge(
-        location, dg.Definitions(resources={**build_resources(), "quality_gate": gate})
+        location, dg.Definitions(resources={**resources, "quality_gate": gate})
     )
 
 

@@ -199,7 +199,7 @@ def build_resources() -> dict[str, object]:
         "slack": SlackWebhookResource(
             webhook_url=dg.EnvVar(endpoints.slack_webhook_url_var)
             if endpoints.slack_webhook_url_var
-            else endpoints.slack_webhook_url
+            else endpoints.slack_webhook_url or ""
         ),
         "teams": build_teams_resource(),
         "pagerduty": PagerDutyResource(events_url=pagerduty_events_url()),

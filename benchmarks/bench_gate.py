@@ -44,13 +44,13 @@ def main() -> None:
     from activation.core.gate import gate_refusals
     from activation.core.guards import measure, record_synced_snapshot, warehouse_connection
     from activation.lib.destinations import load_destinations
-    from activation.tooling.demo import prepare_dbt_manifest, run_chain, sandbox_environment
+    from activation.tooling.demo import prepare_code_location, run_chain, sandbox_environment
 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data"
         phase = ("--phase-seconds", "0.05", "--rows", str(args.rows))
         with sandbox_environment(data, *phase), dg.instance_for_test(temp_dir=folder) as instance:
-            prepare_dbt_manifest()
+            prepare_code_location()
             started = time.perf_counter()
             result = run_chain(instance, console_log_level="ERROR")
             print(

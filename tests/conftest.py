@@ -4,10 +4,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist each worker parses the dbt project into its own target folder (read when
+# activation.core.dbt_project is first imported, so set before any test module imports it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["ACTIVATION_DBT_TARGET_PATH"] = f"target/{os.environ['PYTEST_XDIST_WORKER']}"
 
-from activation.sandbox.launcher import SandboxProcess, start_sandbox
-from tests.postgres_server import (
+import pytest  # noqa: E402
+
+from activation.sandbox.launcher import SandboxProcess, start_sandbox  # noqa: E402
+from tests.support.postgres_server import (  # noqa: E402
     PostgresServer,
     PostgresUnavailableError,
     find_server_binaries,

@@ -455,7 +455,7 @@ def record_decision(
     ("cli", "sign_off_decision run <id>"). Both ways of deciding end here, so they record alike.
     """
     promotion_run_id = promotion_run_id.strip()
-    refuse = dict(
+    refuse: dict[str, Any] = dict(
         promotion_run_id=promotion_run_id, verdict=verdict, reviewer=reviewer, source=source
     )
     record = instance.get_run_record_by_id(promotion_run_id) if promotion_run_id else None
@@ -546,13 +546,6 @@ def verified_approval(instance: dg.DagsterInstance, approval: Decision) -> Revie
     if decision.verdict is not Verdict.APPROVE:
         raise DecisionRefused(f"promotion run {run_id} was rejected by {decision.reviewer}")
     return request
-
-
-def tag_run(instance: dg.DagsterInstance, run_id: str, tags: Mapping[str, str]) -> None:
-    """Add tags to a run. `DagsterInstance.add_run_tags` is not marked public in Dagster 1.13,
-    and no public API adds tags to a run in flight; the call is kept to this one function and
-    pinned by tests/test_promotion.py::test_tag_run_adds_tags_to_a_run."""
-    instance.add_run_tags(run_id, dict(tags))
 
 
 def decision_tags(decision: Decision) -> dict[str, str]:

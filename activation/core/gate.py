@@ -32,14 +32,14 @@ import dagster as dg
 from activation.core.guards import (
     GUARD_CHECK_PREFIX,
     Fingerprint,
-    WarehouseError,
     fingerprint,
     guard_check_name,
     recorded_fingerprints,
-    warehouse_connection,
 )
 from activation.core.paging import GatePager
+from activation.dagster_api import CheckEntry, check_history, run_location
 from activation.lib.destinations import Destination, mart_asset_key, sync_asset_key_for
+from activation.lib.warehouse import WarehouseError, warehouse_connection
 from activation.resources import PagerDutyResource, QualityGate, SlackWebhookResource
 
 __all__ = [
@@ -124,51 +124,6 @@ class GateClosed(dg.Failure):
 # -- reading Dagster's records --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CheckEntry:
-    """One row of a check's execution history, as Dagster stores it."""
-
-    run_id: str
-    """"" for an evaluation reported outside any run."""
-    step_key: str | None
-    """The step that logged it; None outside a step (a runless report)."""
-    evaluation: dg.AssetCheckEvaluation | None
-    """None for a row that was only planned."""
-    created: float
-
-
-def check_history(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> list[CheckEntry]:
-    """The newest rows of one check's execution history, newest first.
-
-    `event_log_storage.get_asset_check_execution_history` is not public API (it is what the
-    public GraphQL `assetCheckExecutions` serves, but that needs a webserver inside every run
-    worker). This is the product's only call of it; tests/test_gate.py pins its behaviour,
-    including what it holds for a runless report (run id "" and no step key on 1.13.27).
-    """
-    return [
-        CheckEntry(
-            run_id=record.run_id,
-            step_key=record.event.step_key if record.event else None,
-            evaluation=record.event.asset_check_evaluation if record.event else None,
-            created=record.create_timestamp,
-        )
-        for record in instance.event_log_storage.get_asset_check_execution_history(
-            check_key, limit=_HISTORY
-        )
-    ]
-
-
-def run_location(run: dg.DagsterRun) -> str | None:
-    """The code location a run was launched from, or None when it carries no remote origin
-    (`execute_in_process`, `dagster asset materialize -m`).
-
-    `RemoteJobOrigin.location_name` is not public API; this is the product's only use of it and
-    tests/test_gate.py pins it.
-    """
-    origin = run.remote_job_origin
-    return origin.location_name if origin is not None else None
-
-
 @dataclass
 class Evidence:
     """Which check records count: those a run of this code location produced in a step.
@@ -229,7 +184,7 @@ def latest_check_record(
     """
     ignored: list[str] = []
     planned: CheckEntry | None = None
-    for entry in check_history(instance, check_key):
+    for entry in check_history(instance, check_key, limit=_HISTORY):
         reason = evidence.why_not(entry)
         if reason:
             ignored.append(reason)
@@ -306,13 +261,14 @@ def blocking_checks_by_destination(
     return result
 
 
-def quality_gate_for(definitions: dg.Definitions, destinations: Sequence[Destination]) -> QualityGate:
+def quality_gate_for(
+    definitions: dg.Definitions, destinations: Sequence[Destination]
+) -> QualityGate:
     """The `quality_gate` resource of the assembled definitions (see activation/definitions.py)."""
     jobs = sorted({job.name for job in definitions.jobs or []} | {IMPLICIT_ASSET_JOB})
     return QualityGate(
         blocking_checks=blocking_checks_by_destination(definitions, destinations), job_names=jobs
     )
-
 
 
 # -- the decision (pure) --------------------------------------------------------------------------
@@ -448,9 +404,7 @@ def enforce_gate(
     gate resolves nothing: call `resolve_gate_page` once the sync has succeeded.
     """
     ignored: list[str] = []
-    refusals = gate_refusals(
-        context.instance, gate, destination, run=context.run, ignored=ignored
-    )
+    refusals = gate_refusals(context.instance, gate, destination, run=context.run, ignored=ignored)
     for reason in ignored:
         context.log.warning(f"Gate {destination.key}: not counted as evidence: {reason}")
     if not refusals:

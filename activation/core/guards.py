@@ -14,35 +14,26 @@ check on the destination's mart, named `guard_<destination key>`: inside a run i
 step, and across runs the gate (`activation/core/gate.py`) honours its latest result.
 
 The warehouse is the one dbt builds: the DuckDB file (`activation.lib.paths.warehouse_path`), or
-PostgreSQL with `ACTIVATION_DBT_TARGET=postgres`. Connections are short-lived, and retried on
-DuckDB, which lets one process write only while no other holds the file.
+PostgreSQL with `ACTIVATION_DBT_TARGET=postgres`, reached through `activation.lib.warehouse`:
+connections are short-lived, and retried on DuckDB, which lets one process write only while no
+other holds the file.
 """
 
 import json
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
-import duckdb
 
 from activation.lib.destinations import Destination, load_destinations, mart_asset_key
-from activation.lib.environment import postgres_settings
-from activation.lib.paths import warehouse_path, warehouse_target
+from activation.lib.warehouse import Session, WarehouseError, warehouse_connection
 
 GUARD_CHECK_PREFIX = "guard_"
 STATE_SCHEMA = "activation_state"
 MART_SCHEMA = "marts"
 FINGERPRINT_METADATA = "data_fingerprint"  # check metadata: JSON {destination key: fingerprint}
-_CONNECT_ATTEMPTS = 8
 _HASH_MODULUS = 2**60
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse could not be read or written; the message names the file or database."""
 
 
 def guard_check_name(destination: Destination) -> str:
@@ -52,84 +43,6 @@ def guard_check_name(destination: Destination) -> str:
 def snapshot_table(destination: Destination) -> str:
     # Keys are validated lower-case identifiers, so the name needs no quoting.
     return f"{STATE_SCHEMA}.{destination.key}_last_synced"
-
-
-class Session:
-    """One short-lived warehouse connection. The SQL in this module is written to run the same
-    on DuckDB and PostgreSQL (no parameters: every name is a validated identifier)."""
-
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-
-    def rows(self, sql: str) -> list[tuple]:
-        self._cursor.execute(sql)
-        return list(self._cursor.fetchall())
-
-    def one(self, sql: str) -> tuple:
-        return self.rows(sql)[0]
-
-    def run(self, sql: str) -> None:
-        self._cursor.execute(sql)
-
-
-@contextmanager
-def warehouse_connection(path: Path | None = None, *, read_only: bool) -> Iterator[Session]:
-    """A connection to the warehouse dbt builds: the DuckDB file (`path`, default
-    `warehouse_path()`), or PostgreSQL when ACTIVATION_DBT_TARGET=postgres and no path is given.
-    Writes are committed when the block ends without error."""
-    if path is None and warehouse_target() == "postgres":
-        with _postgres() as session:
-            yield session
-        return
-    with _duckdb(path or warehouse_path(), read_only=read_only) as session:
-        yield session
-
-
-@contextmanager
-def _duckdb(path: Path, *, read_only: bool) -> Iterator[Session]:
-    """Retried while another process holds the file's lock (DuckDB allows one writer process)."""
-    if not path.exists():
-        raise WarehouseError(f"{path}: warehouse not found (has dbt built the marts?)")
-    delay = 0.2
-    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
-        try:
-            connection = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as error:
-            if attempt == _CONNECT_ATTEMPTS:
-                raise WarehouseError(
-                    f"{path}: still locked after {attempt} attempts: {error}"
-                ) from error
-            time.sleep(delay)
-            delay = min(delay * 2, 3.0)
-    try:
-        connection.begin()
-        yield Session(connection)
-        connection.commit()
-    finally:
-        connection.close()
-
-
-@contextmanager
-def _postgres() -> Iterator[Session]:
-    """From the ACTIVATION_PG_* variables dbt's `postgres` profile reads (the password is read
-    here at run time and never logged)."""
-    import psycopg2
-
-    settings = postgres_settings(WarehouseError)
-    host, database = settings.host, settings.database
-    try:
-        connection = psycopg2.connect(**settings.connect_arguments())
-    except psycopg2.OperationalError as error:
-        raise WarehouseError(
-            f"could not connect to the warehouse database {database} on {host}: "
-            f"{str(error).strip()}"
-        ) from error
-    try:
-        with connection, connection.cursor() as cursor:
-            yield Session(cursor)
-    finally:
-        connection.close()
 
 
 def _row_hash(destination: Destination) -> str:

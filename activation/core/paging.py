@@ -15,6 +15,7 @@ delivered is logged as an error and never changes the gate's decision.
 """
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass
@@ -32,6 +33,10 @@ PAGED_CHECKS = "gate_paged_checks"  # ... and the refusing checks the open page 
 _DEDUP_MAX = 255
 _SUMMARY_MAX = 1024
 _LOOKBACK = 100
+
+
+# Where paging problems are reported: a step's or sensor's log, or a plain logger.
+Log = logging.Logger | dg.DagsterLogManager
 
 
 class PagingError(RuntimeError):
@@ -80,7 +85,7 @@ def resolve_event(routing: str, key: str) -> dict:
     return {"routing_key": routing, "event_action": "resolve", "dedup_key": key}
 
 
-def _deliver(log: dg.DagsterLogManager, pagerduty: PagerDutyResource, build, what: str) -> bool:
+def _deliver(log: Log, pagerduty: PagerDutyResource, build, what: str) -> bool:
     """Send one event; on failure log loudly and return False (never raise)."""
     try:
         pagerduty.send(build())
@@ -91,7 +96,7 @@ def _deliver(log: dg.DagsterLogManager, pagerduty: PagerDutyResource, build, wha
 
 
 def page_owner(
-    log: dg.DagsterLogManager,
+    log: Log,
     pagerduty: PagerDutyResource,
     destination: Destination,
     *,
@@ -117,7 +122,7 @@ def page_owner(
 
 
 def resolve_page(
-    log: dg.DagsterLogManager, pagerduty: PagerDutyResource, destination: Destination, key: str
+    log: Log, pagerduty: PagerDutyResource, destination: Destination, key: str
 ) -> bool:
     return _deliver(
         log,
@@ -127,7 +132,7 @@ def resolve_page(
     )
 
 
-def tell_slack(log: dg.DagsterLogManager, slack: object | None, text: str) -> bool:
+def tell_slack(log: Log, slack: object | None, text: str) -> bool:
     """Post a plain message with the Slack resource; failures are logged, never raised."""
     if slack is None:
         log.error("SLACK NOT CONFIGURED: this message was not posted: " + text)
@@ -146,7 +151,7 @@ def sync_failure_key(destination: Destination) -> str:
 
 
 def page_sync_failure(
-    log: dg.DagsterLogManager,
+    log: Log,
     pagerduty: PagerDutyResource,
     slack: object | None,
     destination: Destination,
@@ -197,7 +202,8 @@ class GatePager:
     after the destination next syncs successfully.
 
     Works from the sync step (`from_step`) and from the sensor that pages for syncs a run never
-    started because a blocking check failed in it (`activation.core.gate.build_blocked_sync_sensor`).
+    started because a blocking check failed in it
+    (`activation.core.gate.build_blocked_sync_sensor`).
     """
 
     instance: dg.DagsterInstance
@@ -261,7 +267,7 @@ class GatePager:
     def _remember(
         self, keys: Sequence[str], paged: Sequence[str], refused: Sequence[dict] = ()
     ) -> None:
-        metadata: dict[str, object] = {
+        metadata: dict[str, Any] = {
             OPEN_PAGES: dg.MetadataValue.json(sorted(keys)),
             PAGED_CHECKS: dg.MetadataValue.json(sorted(paged)),
             GATE_RUN: self.run_id,

@@ -1,27 +1,20 @@
 """What the Dagster instance knows about runs, read the way the trigger sensors need it.
 
 One place for the reads the sensors share: which runs are still going, which assets a run
-planned, which checks a run evaluated. `events_of_run` is the one call that is not public API
-(`DagsterInstance.all_logs`, the same read activation/core/run_summary.py makes): it is wrapped here
-alone and pinned by tests/test_sensors.py, so a Dagster upgrade that changes it fails one test,
-not the sensors.
+planned, which checks a run evaluated. A run's events are read with
+`activation.dagster_api.events_of_run`, the adapter for the non-public `DagsterInstance.all_logs`.
 """
 
 from collections.abc import Iterable
 
 import dagster as dg
 
+from activation.dagster_api import events_of_run
+
 FINISHED_STATUSES = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
 UNFINISHED_STATUSES = tuple(s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES)
-
-
-def events_of_run(
-    instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType
-) -> list[dg.EventLogEntry]:
-    """Every event of one type that a run wrote, oldest first (wraps a non-public call)."""
-    return list(instance.all_logs(run_id, of_type=event_type))
 
 
 def planned_asset_keys(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:

@@ -25,6 +25,7 @@ from activation.core.paging import (
     resolve_page,
     sync_failure_key,
 )
+from activation.dagster_api import events_of_run
 from activation.lib.destinations import SYNC_KEY_PREFIX, Destination
 from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.resources import SlackWebhookResource
@@ -90,13 +91,16 @@ def summarize_run(
     failed: dict[str, SyncOutcome] = {}
     failures: dict[str, str] = {}
     planned: set[str] = set()
-    for entry in instance.all_logs(run_id):
+    for entry in events_of_run(instance, run_id):
         event = entry.dagster_event
         if event is None:
             continue
         # Dagster records, at run start, every asset the run plans to materialize: whatever
         # the job, a planned sync with no outcome was skipped.
-        if event.event_type_value == "ASSET_MATERIALIZATION_PLANNED" and event.asset_key:
+        if (
+            event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            and event.asset_key
+        ):
             path = event.asset_key.path
             if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
                 planned.add(path[1])

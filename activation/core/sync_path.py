@@ -251,7 +251,7 @@ def failed_rows_violation(run: SyncRun, policy: FailurePolicy) -> str | None:
 
 def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]:
     """Metadata of a Hightouch run (the names the report and the summaries read back)."""
-    values: dict[str, object] = {
+    values: dict[str, str | int] = {
         "hightouch_sync_id": run.sync_id,
         "hightouch_run_id": run.id,
         "hightouch_status": run.status,
@@ -265,8 +265,8 @@ def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]
         values[f"{prefix}_added"] = counts.added
         values[f"{prefix}_changed"] = counts.changed
         values[f"{prefix}_removed"] = counts.removed
-    metadata = {
-        name: dg.MetadataValue.text(v) if isinstance(v, str) else dg.MetadataValue.int(v)
+    metadata: dict[str, dg.MetadataValue] = {
+        name: dg.MetadataValue.text(v) if isinstance(v, str) else dg.MetadataValue.int(int(v))
         for name, v in values.items()
     }
     metadata["hightouch_run_url"] = dg.MetadataValue.url(run_url)

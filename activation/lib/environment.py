@@ -7,7 +7,7 @@ comes from its own environment variable and a missing one fails loudly, naming t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SANDBOX_URL_VAR = "ACTIVATION_SANDBOX_URL"
 
@@ -125,56 +125,3 @@ def _airbyte_oauth() -> bool:
         return False
     require("AIRBYTE_CLIENT_SECRET")
     return True
-
-
-POSTGRES_VARIABLES = (
-    "ACTIVATION_PG_HOST",
-    "ACTIVATION_PG_USER",
-    "ACTIVATION_PG_PASSWORD",
-    "ACTIVATION_PG_DATABASE",
-)
-
-
-@dataclass(frozen=True)
-class PostgresSettings:
-    """The PostgreSQL warehouse, from the variables dbt's `postgres` profile reads."""
-
-    host: str
-    port: int
-    user: str
-    database: str
-    password: str = field(repr=False)
-    sslmode: str = "prefer"
-
-    def connect_arguments(self) -> dict[str, object]:
-        """Keyword arguments of `psycopg2.connect` (the password included: never log them)."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "password": self.password,
-            "dbname": self.database,
-            "sslmode": self.sslmode,
-            "connect_timeout": 10,
-        }
-
-
-def postgres_settings(error: type[Exception] = MissingSettingError) -> PostgresSettings:
-    """The ACTIVATION_PG_* settings; raises `error` naming every missing or malformed one."""
-    missing = [name for name in POSTGRES_VARIABLES if not os.environ.get(name, "").strip()]
-    if missing:
-        raise error(
-            "ACTIVATION_DBT_TARGET=postgres needs these environment variables, which are not "
-            "set: " + ", ".join(missing)
-        )
-    port = os.environ.get("ACTIVATION_PG_PORT", "").strip() or "5432"
-    if not port.isdigit():
-        raise error(f"ACTIVATION_PG_PORT must be a port number, got {port!r}")
-    return PostgresSettings(
-        host=os.environ["ACTIVATION_PG_HOST"].strip(),
-        port=int(port),
-        user=os.environ["ACTIVATION_PG_USER"].strip(),
-        database=os.environ["ACTIVATION_PG_DATABASE"].strip(),
-        password=os.environ["ACTIVATION_PG_PASSWORD"],
-        sslmode=os.environ.get("ACTIVATION_PG_SSLMODE", "").strip() or "prefer",
-    )

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from activation.lib.redaction import install_http_log_redaction
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -303,10 +305,10 @@ class HightouchClient:
         path: str,
         *,
         what: str,
-        parse: Callable[[Any], Any] = lambda data: data,
-        before_retry: Callable[[], Any] | None = None,
+        parse: Callable[[Any], _T],
+        before_retry: Callable[[], _T | None] | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> _T:
         """One API call with retries; `what` names the call in errors ("trigger sync 101").
 
         `parse` turns the JSON answer into the result; `HightouchMalformedAnswer` there (or one

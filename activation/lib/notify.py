@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,7 +21,7 @@ class NotificationError(RuntimeError):
     """A notification could not be delivered after its retries (the URL is never included)."""
 
 
-def post_json(url: str, body: dict, *, timeout: float, attempts: int, what: str) -> None:
+def post_json(url: str, body: dict[str, Any], *, timeout: float, attempts: int, what: str) -> None:
     """POST `body` as JSON, retrying transport errors, 429 and 5xx with a short backoff.
 
     Webhook URLs embed secrets, so neither logs nor errors ever include the URL; httpx's own
@@ -60,7 +61,7 @@ class SyncOutcome:
     """Why, for an outcome other than success (the error, the refusal, what it waited for)."""
 
 
-def sync_summary_message(run_id: str, outcomes: Sequence[SyncOutcome]) -> dict:
+def sync_summary_message(run_id: str, outcomes: Sequence[SyncOutcome]) -> dict[str, Any]:
     """A Slack message listing each destination's Hightouch run and its row counts."""
     lines = [
         f"*{o.destination}*: {o.status}"

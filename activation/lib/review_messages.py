@@ -11,6 +11,7 @@ webhooks and Workflows accept (the webhook resource is in activation/resources.p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from activation.lib.hightouch import SyncRun
 
@@ -121,7 +122,7 @@ class ReviewInvitation:
         )
 
 
-def review_slack_message(invitation: ReviewInvitation) -> dict:
+def review_slack_message(invitation: ReviewInvitation) -> dict[str, Any]:
     """Slack Block Kit message asking for a decision (text also carries everything)."""
     staging = invitation.staging
     counts = "\n".join(f"*{label}:* {value}" for label, value in staging.count_lines())
@@ -146,7 +147,9 @@ def review_slack_message(invitation: ReviewInvitation) -> dict:
     }
 
 
-def adaptive_card_message(body: list[dict], actions: list[dict]) -> dict:
+def adaptive_card_message(
+    body: list[dict[str, Any]], actions: list[dict[str, Any]]
+) -> dict[str, Any]:
     """An Adaptive Card 1.4 in the envelope Teams incoming webhooks and Workflows accept."""
     return {
         "type": "message",
@@ -166,15 +169,15 @@ def adaptive_card_message(body: list[dict], actions: list[dict]) -> dict:
     }
 
 
-def _text(text: str, **style: object) -> dict:
+def _text(text: str, **style: object) -> dict[str, Any]:
     return {"type": "TextBlock", "text": text, "wrap": True, **style}
 
 
-def _facts(rows: list[tuple[str, str]]) -> dict:
+def _facts(rows: list[tuple[str, str]]) -> dict[str, Any]:
     return {"type": "FactSet", "facts": [{"title": t, "value": v} for t, v in rows]}
 
 
-def review_teams_card(invitation: ReviewInvitation) -> dict:
+def review_teams_card(invitation: ReviewInvitation) -> dict[str, Any]:
     """The review request as an Adaptive Card: counts as facts, commands as monospace text."""
     staging = invitation.staging
     body = [
@@ -217,7 +220,7 @@ def outcome_lines(
 
 def outcome_slack_message(
     promotion_run_id: str, headline: str, summary: RunSummary | None, detail: str = ""
-) -> dict:
+) -> dict[str, Any]:
     """Completion, rejection or expiry of a promotion, for Slack."""
     text, rows = outcome_lines(promotion_run_id, headline, summary, detail)
     facts = "\n".join(f"*{label}:* {value}" for label, value in rows)
@@ -232,7 +235,7 @@ def outcome_slack_message(
 
 def outcome_teams_card(
     promotion_run_id: str, headline: str, summary: RunSummary | None, detail: str = ""
-) -> dict:
+) -> dict[str, Any]:
     """Completion, rejection or expiry of a promotion, as an Adaptive Card."""
     _, rows = outcome_lines(promotion_run_id, headline, summary, detail)
     body = [_text(headline, size="Medium", weight="Bolder"), _facts(rows)]

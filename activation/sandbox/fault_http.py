@@ -160,7 +160,7 @@ async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
 
 # ASGI gives an app no way to drop a connection, and uvicorn answers 500 to an app that raises
 # or returns without answering. Its `receive` is a bound method of the request cycle, which holds
-# the transport: these functions reach it there. A test pins them (tests/test_sandbox_faults).
+# the transport: these functions reach it there (pinned by tests/sandbox/test_sandbox_faults).
 
 
 def _cycle(receive: Receive) -> Any:

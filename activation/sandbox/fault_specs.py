@@ -257,9 +257,10 @@ def _http_fault(kind: str, fields: _Fields, targets: Targets) -> HttpFault:
         if body is not None and not isinstance(body, dict):
             raise FaultSpecError("body", "must be a JSON object")
     if kind == "hang":
-        seconds = fields.number("seconds", None, 0.0, MAX_SECONDS)
-        if seconds is None:
+        hang = fields.number("seconds", None, 0.0, MAX_SECONDS)
+        if hang is None:
             raise FaultSpecError("seconds", "is required for a hang fault")
+        seconds = hang
     return HttpFault(
         kind=kind,
         path=path,

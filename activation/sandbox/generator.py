@@ -20,6 +20,8 @@ from pathlib import Path
 
 import duckdb
 
+from activation.lib.warehouse import fetch_int
+
 STREAMS: tuple[str, ...] = ("accounts", "customers", "subscriptions", "events")
 
 # Identifiers are zero-padded to a fixed width (so they sort like their number); the widths bound
@@ -104,7 +106,7 @@ DUPLICATE_ID_ROWS = 3
 NULL_EMAIL_ROWS = 2
 MALFORMED_EMAILS = ("not-an-email", "bob@@example")
 
-_JSON_TYPES = {
+_JSON_TYPES: dict[str, dict[str, object]] = {
     "VARCHAR": {"type": ["null", "string"]},
     "INTEGER": {"type": ["null", "integer"]},
     "BOOLEAN": {"type": ["null", "boolean"]},
@@ -216,11 +218,11 @@ def _write_atomically(connection: duckdb.DuckDBPyConnection, select: str, target
     temporary = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.parquet.tmp")
     quoted = str(temporary).replace("'", "''")
     try:
-        (count,) = connection.execute(f"COPY ({select}) TO '{quoted}' (FORMAT parquet)").fetchone()
+        count = fetch_int(connection, f"COPY ({select}) TO '{quoted}' (FORMAT parquet)")
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
-    return int(count)
+    return count
 
 
 def _accounts_sql(rows: int) -> str:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -306,6 +306,10 @@ def _ordered(
     return sorted(items, key=key, reverse=newest_first)
 
 
+@overload
+def _number(params: Mapping[str, Any], name: str, default: int) -> int: ...
+@overload
+def _number(params: Mapping[str, Any], name: str, default: None) -> int | None: ...
 def _number(params: Mapping[str, Any], name: str, default: int | None) -> int | None:
     """A non-negative whole-number parameter (ids, limit, offset); the API takes numbers."""
     raw = params.get(name)

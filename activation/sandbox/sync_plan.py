@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from activation.lib.destinations import Destination
+from activation.lib.warehouse import fetch_int
 from activation.sandbox.warehouse import quote
 
 OPERATIONS = ("added", "changed", "removed")
@@ -61,9 +62,7 @@ def check_primary_key(cursor: duckdb.DuckDBPyConnection, destination: Destinatio
             f"NON_UNIQUE_PRIMARY_KEY: primary key {destination.primary_key} of "
             f"{destination.mart} has duplicate values (for example {examples})"
         )
-    missing = cursor.execute(
-        f"SELECT count(*) FROM {tables.current} WHERE {key} IS NULL"
-    ).fetchone()[0]
+    missing = fetch_int(cursor, f"SELECT count(*) FROM {tables.current} WHERE {key} IS NULL")
     if missing:
         raise RunFailedError(
             f"NULL_PRIMARY_KEY: {missing} rows of {destination.mart} have no "

@@ -19,29 +19,36 @@ from __future__ import annotations
 import itertools
 import re
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import duckdb
 
-from activation.lib.environment import postgres_settings
+from activation.lib.warehouse import (
+    LockRetry,
+    PostgresSettings,
+    WarehouseError,
+    fetch_int,
+    postgres_cursor,
+    postgres_settings,
+    retry_while_locked,
+)
 
 if TYPE_CHECKING:
     from activation.sandbox.context import SandboxStore
 
-ATTEMPTS = 20
-FIRST_DELAY_SECONDS = 0.1
-MAX_DELAY_SECONDS = 1.0
+# Reading a mart waits longer than a connection in the code location: dbt may hold the file
+# for a whole build.
+MART_READ_RETRY = LockRetry(attempts=20, first_delay=0.1, max_delay=1.0)
 RAW_SCHEMA = "raw"
 MARTS_SCHEMA = "marts"
 _aliases = itertools.count(1)
 
 
-class WarehouseUnavailableError(RuntimeError):
+class WarehouseUnavailableError(WarehouseError):
     """The warehouse cannot be reached (the PostgreSQL server refused or did not answer)."""
 
 
@@ -103,19 +110,16 @@ class DuckDBWarehouse:
             raise MartUnavailableError(
                 f"the warehouse {self.path} does not exist yet: run dbt to build marts.{mart}"
             )
-        delay = FIRST_DELAY_SECONDS
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return self._copy_once(store, mart, key, columns, into)
-            except duckdb.IOException as error:
-                if attempt == ATTEMPTS:
-                    raise MartUnavailableError(
-                        f"could not read {self.path} after {ATTEMPTS} attempts (is dbt "
-                        f"holding it?): {error}"
-                    ) from error
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY_SECONDS)
-        raise AssertionError("unreachable")
+
+        def locked(attempts: int, error: duckdb.IOException) -> MartUnavailableError:
+            return MartUnavailableError(
+                f"could not read {self.path} after {attempts} attempts (is dbt holding it?): "
+                f"{error}"
+            )
+
+        return retry_while_locked(
+            lambda: self._copy_once(store, mart, key, columns, into), MART_READ_RETRY, locked
+        )
 
     def _copy_once(
         self, store: SandboxStore, mart: str, key: str, columns: Sequence[str], into: str
@@ -140,7 +144,7 @@ class DuckDBWarehouse:
                 ) from error
             finally:
                 cursor.execute(f"DETACH {alias}")
-            return cursor.execute(f"SELECT count(*) FROM {quote(into)}").fetchone()[0]
+            return fetch_int(cursor, f"SELECT count(*) FROM {quote(into)}")
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
@@ -197,56 +201,26 @@ def duckdb_type(postgres_type_name: str) -> str:
 
 @dataclass(frozen=True)
 class PostgresWarehouse:
-    host: str
-    port: int
-    user: str
-    database: str
-    password: str = field(repr=False)
-    sslmode: str = "prefer"
+    settings: PostgresSettings
 
     @classmethod
     def from_environment(cls) -> PostgresWarehouse:
         """From the variables dbt's `postgres` profile reads; names every one that is missing."""
-        settings = postgres_settings(WarehouseSettingError)
-        return cls(
-            host=settings.host,
-            port=settings.port,
-            user=settings.user,
-            database=settings.database,
-            password=settings.password,
-            sslmode=settings.sslmode,
-        )
+        return cls(postgres_settings(WarehouseSettingError))
 
     def __str__(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return str(self.settings)
 
     @contextmanager
     def _transaction(
         self, unavailable: type[WarehouseUnavailableError] = WarehouseUnavailableError
     ) -> Iterator[Any]:
-        """A cursor in one transaction (committed on success), on a connection closed after."""
-        import psycopg2
-
-        try:
-            connection = psycopg2.connect(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                dbname=self.database,
-                sslmode=self.sslmode,
-                connect_timeout=10,
-                options="-c TimeZone=UTC -c DateStyle=ISO",
-            )
-        except psycopg2.OperationalError as error:
-            raise unavailable(
-                f"could not connect to the warehouse {self}: {str(error).strip()}"
-            ) from error
-        try:
-            with connection, connection.cursor() as cursor:
-                yield cursor
-        finally:
-            connection.close()
+        """A cursor in one transaction (committed on success), on a connection closed after.
+        UTC and ISO dates, so the CSV copies read the same whatever the server's defaults."""
+        with postgres_cursor(
+            self.settings, options="-c TimeZone=UTC -c DateStyle=ISO", error=unavailable
+        ) as cursor:
+            yield cursor
 
     @staticmethod
     def _column_types(cursor: Any, schema: str, table: str) -> list[tuple[str, str]]:
@@ -322,7 +296,7 @@ class PostgresWarehouse:
                     f"{_literal(str(csv_path))}, columns = {{{struct}}}, header = false, "
                     "auto_detect = false, allow_quoted_nulls = false)"
                 )
-                return cursor.execute(f"SELECT count(*) FROM {quote(into)}").fetchone()[0]
+                return fetch_int(cursor, f"SELECT count(*) FROM {quote(into)}")
 
 
 def _parquet_to_csv(

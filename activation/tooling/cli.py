@@ -30,6 +30,21 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    from activation.core.airbyte_listing import refresh_listing
+    from activation.lib.environment import MissingSettingError
+    from activation.resources import build_airbyte_workspace
+
+    try:
+        listing = refresh_listing(build_airbyte_workspace())
+    except MissingSettingError as error:
+        print(f"activation refresh: {error}", file=sys.stderr)
+        return 2
+    streams = len(listing.workspace.to_airbyte_connection_table_props_data())
+    print(f"Airbyte listing ready: {listing.path} ({streams} streams)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from activation.tooling.demo import run_demo
 
@@ -134,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="Parse the dbt project into its manifest.")
     prepare.set_defaults(handler=_prepare)
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="List the Airbyte connections and streams into the stored listing the code "
+        "location loads (it never calls Airbyte while loading).",
+    )
+    refresh.set_defaults(handler=_refresh)
 
     demo = commands.add_parser(
         "demo", help="Run the chain on the sandbox on good data, then on bad data."

@@ -46,6 +46,16 @@ def prepare_dbt_manifest() -> Path:
     return dbt_project.manifest_path
 
 
+def prepare_code_location() -> None:
+    """What the code location needs before it loads: the dbt manifest and the Airbyte listing
+    (the latter from the endpoints in force, here the sandbox)."""
+    from activation.core.airbyte_listing import refresh_listing
+    from activation.resources import build_airbyte_workspace
+
+    prepare_dbt_manifest()
+    refresh_listing(build_airbyte_workspace())
+
+
 @contextmanager
 def sandbox_environment(
     folder: Path, *sandbox_args: str, port: int | None = None
@@ -83,9 +93,8 @@ def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") ->
     )
     # What the summary sensors do after every run under the daemon; an in-process run has no
     # daemon, so the same report is made here.
-    with dg.build_resources(
-        {name: definitions.resources[name] for name in ("slack", "pagerduty")}
-    ) as resources:
+    defined = definitions.resources or {}
+    with dg.build_resources({name: defined[name] for name in ("slack", "pagerduty")}) as resources:
         report_run(
             instance,
             result.run_id,
@@ -146,7 +155,7 @@ def run_demo(folder: Path | None = None) -> int:
     problems: list[str] = []
     with sandbox_environment(folder) as sandbox:
         print(f"Sandbox on {sandbox.url}; data in {folder}")
-        prepare_dbt_manifest()
+        prepare_code_location()
         instance = dg.DagsterInstance.ephemeral()
         # The demo prints its own tables; the full event log stays in the run's records.
         warnings.filterwarnings("ignore", category=dg.BetaWarning)

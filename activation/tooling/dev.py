@@ -11,13 +11,13 @@ from pathlib import Path
 
 from activation.lib.destinations import load_destinations
 from activation.lib.paths import PROJECT_ROOT, data_dir
-from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
+from activation.tooling.demo import prepare_code_location, sandbox_environment
 from activation.tooling.stack import Process, start_intake
 
 
 def _default_signals() -> None:
-    # A background shell starts children with SIGINT ignored; dagster dev would then ignore
-    # Ctrl-C and SIGTERM (see ../shared/NOTES.md). Restore the defaults before exec.
+    # A background shell starts children with SIGINT ignored, and dagster dev maps SIGTERM to
+    # its SIGINT handler, so it would ignore both Ctrl-C and SIGTERM. Restore the defaults.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -67,7 +67,7 @@ def run_dev(port: int, sandbox_port: int, webhook_port: int = 8766) -> int:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
     with sandbox_environment(folder, port=sandbox_port) as sandbox:
-        prepare_dbt_manifest()
+        prepare_code_location()
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         set_pool_limits(env)
         intake = start_dev_intake(folder, env, webhook_port)

@@ -3,7 +3,7 @@
 
 Used by the end-to-end test and the latency benchmark. Every process is started in its own
 process group with SIGINT/SIGTERM at their defaults (a background shell would start it with SIGINT
-ignored, see ../shared/NOTES.md), and stopped by that group id.
+ignored, and dagster dev maps SIGTERM to that handler), and stopped by that group id.
 """
 
 from __future__ import annotations
@@ -264,14 +264,14 @@ def running_stack(
     data is landed by an Airbyte job started before Dagster, so the Airbyte sensor's first tick
     takes it as already answered and only the signals sent by the caller launch runs.
     """
-    from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
+    from activation.tooling.demo import prepare_code_location, sandbox_environment
 
     folder, home = root / "data", root / "dagster_home"
     started: list[Process] = []
     with sandbox_environment(folder, *sandbox_args) as sandbox:
         try:
             land_raw_data(sandbox)
-            prepare_dbt_manifest()
+            prepare_code_location()
             env = {**os.environ, "DAGSTER_HOME": str(home), "DO_NOT_TRACK": "1"}
             migrate_dagster_home(home, env)
             intake_port, dagster_port = free_port(), free_port()

@@ -1,21 +1,23 @@
 """Airbyte connections as assets: each selected stream is a `raw/<stream>` asset.
 
-The streams are listed from the Airbyte API when definitions load: dagster-airbyte's
-`load_airbyte_asset_specs` requires it (Dagster's own loading), so the Airbyte server (or the
-sandbox) must answer before the code location loads. Nothing calls Airbyte at import time.
+The streams come from the stored listing (activation/core/airbyte_listing.py, written by
+`activation refresh`), never from the Airbyte API while the code location loads: Airbyte being
+down stops the ingest steps, not the whole location. Each asset's metadata says when the
+listing was taken.
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from dagster_airbyte import (
-    AirbyteConnectionTableProps,
-    AirbyteWorkspace,
-    DagsterAirbyteTranslator,
-    load_airbyte_asset_specs,
+from dagster_airbyte import AirbyteConnectionTableProps, AirbyteWorkspace, DagsterAirbyteTranslator
+
+from activation.core.airbyte_listing import (
+    REFRESHED_AT,
+    AirbyteListing,
+    load_listing,
 )
-from dagster_airbyte.translator import AirbyteMetadataSet
+from activation.dagster_api import airbyte_connection_of, airbyte_sync_and_poll
 
 INGEST_GROUP = "ingest"
 
@@ -30,16 +32,15 @@ class RawStreamTranslator(DagsterAirbyteTranslator):
         )
 
 
-def build_ingest_assets(workspace: AirbyteWorkspace) -> list[dg.AssetsDefinition]:
-    # The specs are listed once and split per connection: `@airbyte_assets` would list them
-    # again for every connection (an API round of ~0.4 s each at load time).
+def build_ingest_assets(listing: AirbyteListing) -> list[dg.AssetsDefinition]:
+    """One multi-asset per connection, from the stored listing (no HTTP): each stream's spec
+    as dagster-airbyte builds it, keyed `raw/<stream>`, with the listing's age in metadata."""
+    translator = RawStreamTranslator()
+    refreshed = {REFRESHED_AT: dg.MetadataValue.timestamp(listing.refreshed_at)}
     specs_by_connection: dict[tuple[str, str], list[dg.AssetSpec]] = {}
-    for spec in load_airbyte_asset_specs(
-        workspace, dagster_airbyte_translator=RawStreamTranslator()
-    ):
-        airbyte_metadata = AirbyteMetadataSet.extract(spec.metadata)
-        connection = (airbyte_metadata.connection_id, airbyte_metadata.connection_name)
-        specs_by_connection.setdefault(connection, []).append(spec)
+    for props in listing.workspace.to_airbyte_connection_table_props_data():
+        spec = translator.get_asset_spec(props).merge_attributes(metadata=refreshed)
+        specs_by_connection.setdefault(airbyte_connection_of(spec), []).append(spec)
     return [
         _connection_assets(connection_id, name, specs)
         for (connection_id, name), specs in sorted(
@@ -63,10 +64,9 @@ def _connection_assets(
         # The job id is the link between this step and the Airbyte UI; dagster-airbyte only logs
         # it, so it is put on every stream's materialization here.
         try:
-            output = airbyte.get_client().sync_and_poll(connection_id=connection_id)
+            job = airbyte_sync_and_poll(airbyte, connection_id)
         except dg.Failure as error:
             raise explain_airbyte_failure(connection_name, connection_id, error) from None
-        job = output.job_details
         metadata = {
             "airbyte_job_id": job.get("jobId"),
             "airbyte_job_status": job.get("status"),
@@ -116,7 +116,5 @@ def dg_safe(name: str) -> str:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    # Imported here: resources imports nothing from defs/, and the listing needs the workspace.
-    from activation.resources import build_airbyte_workspace
-
-    return dg.Definitions(assets=build_ingest_assets(build_airbyte_workspace()))
+    listing = load_listing()
+    return dg.Definitions(assets=build_ingest_assets(listing))

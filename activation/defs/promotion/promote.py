@@ -13,8 +13,8 @@ skips the others (they take no pool slot).
 Both syncs go through the one sync path (`activation.core.sync_path.sync_destination`): the quality
 gate, the pool, re-attach, the failed-rows policy. `request_review` posts the staging run's counts
 and a one-time approval code to Slack and Teams; `sign_off` waits until a valid decision is
-recorded for this run (see `activation.core.approvals`), given with `activation approve|reject` or by
-launching the small `sign_off_decision` job from the Launchpad (op and job names share one
+recorded for this run (see `activation.core.approvals`), given with `activation approve|reject` or
+by launching the small `sign_off_decision` job from the Launchpad (op and job names share one
 namespace in Dagster, so it cannot be `sign_off`). A rejection or an expired wait fails the run
 before production, so production is never triggered.
 
@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -49,12 +50,12 @@ from activation.core.approvals import (
     read_entries,
     record_decision,
     review_request_observation,
-    tag_run,
     utc_text,
     verified_approval,
 )
 from activation.core.approvals import Decision as SignOff
 from activation.core.sync_path import Stage, SyncOptions, run_family, sync_destination
+from activation.dagster_api import tag_run
 from activation.lib.destinations import Destination, load_destinations
 from activation.lib.notify import NotificationError
 from activation.lib.review_messages import (
@@ -205,7 +206,7 @@ def _tell_outcome(
         context.log.warning(f"Could not post the outcome: {error}")
 
 
-def _public_metadata(decision: SignOff) -> dict[str, object]:
+def _public_metadata(decision: SignOff) -> dict[str, Any]:
     """The decision as shown in the promotion run (the proof stays in the approvals record)."""
     metadata = decision.metadata()
     metadata.pop("proof")

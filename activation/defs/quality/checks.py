@@ -14,13 +14,9 @@ docs/quality-gate.md for Great Expectations and Elementary.
 import dagster as dg
 
 from activation.core.gate import build_blocked_sync_sensor
-from activation.core.guards import (
-    build_guard_check,
-    fingerprint_metadata,
-    mart_fingerprints,
-    warehouse_connection,
-)
+from activation.core.guards import build_guard_check, fingerprint_metadata, mart_fingerprints
 from activation.lib.destinations import Destination, load_destinations, mart_asset_key
+from activation.lib.warehouse import warehouse_connection
 
 CONTACTS_MART = "mart_salesforce_contacts"
 _EXAMPLES = 5

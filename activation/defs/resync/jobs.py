@@ -15,7 +15,9 @@ failed.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import dagster as dg
 from dagster import OpExecutionContext
@@ -129,6 +131,54 @@ def sync_in_op(
             detail=failure.description or "",
         )
     return outcome_from_metadata(destination.key, result.metadata)
+
+
+# What a resync op decided before syncing: the options and the metadata to record.
+ResyncPlan = tuple[SyncOptions, dict[str, object]]
+
+
+def resync_op(
+    destination: Destination,
+    *,
+    name: str,
+    description: str,
+    inputs: tuple[str, ...],
+    decide: Callable[[dict[str, Any]], SyncOutcome | ResyncPlan],
+) -> dg.OpDefinition:
+    """One destination's op of a resync job: it holds the destination's pool, `decide` reads
+    the op's inputs and says whether (and how) to sync, and the sync takes the one path."""
+
+    @dg.op(
+        name=name,
+        pool=destination.pool,
+        tags={"destination": destination.destination_type},
+        description=description,
+        ins={input_name: dg.In() for input_name in inputs},
+    )
+    def resync_one(
+        context: OpExecutionContext,
+        hightouch: HightouchResource,
+        pagerduty: PagerDutyResource,
+        slack: SlackWebhookResource,
+        quality_gate: QualityGate,
+        **op_inputs: Any,
+    ) -> SyncOutcome:
+        decided = decide(op_inputs)
+        if isinstance(decided, SyncOutcome):
+            return decided
+        options, extra = decided
+        return sync_in_op(
+            context,
+            destination,
+            hightouch,
+            options,
+            extra,
+            gate=quality_gate,
+            pagerduty=pagerduty,
+            slack=slack,
+        )
+
+    return resync_one
 
 
 def _report(
@@ -269,21 +319,8 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
         }
 
     def destination_op(destination: Destination, wave: int) -> dg.OpDefinition:
-        @dg.op(
-            name=f"wave{wave}__{destination.key}",
-            pool=destination.pool,
-            tags={"destination": destination.destination_type},
-            description=f"Resync {destination.key} if it belongs to wave {wave}.",
-        )
-        def resync_one(
-            context: OpExecutionContext,
-            hightouch: HightouchResource,
-            pagerduty: PagerDutyResource,
-            slack: SlackWebhookResource,
-            quality_gate: QualityGate,
-            settings: dict,
-            earlier: list,
-        ) -> SyncOutcome:
+        def decide(inputs: dict[str, Any]) -> SyncOutcome | ResyncPlan:
+            settings, earlier = inputs["settings"], inputs["earlier"]
             if destination.key not in settings["plan"]:
                 return SyncOutcome(destination.key, "not selected", None, None)
             if settings["plan"][destination.key] != wave:
@@ -298,19 +335,15 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
                     None,
                     detail=f"runs after {', '.join(broken)}, which did not sync",
                 )
-            options = SyncOptions(full_resync=settings["full_resync"])
-            return sync_in_op(
-                context,
-                destination,
-                hightouch,
-                options,
-                {"wave": wave},
-                gate=quality_gate,
-                pagerduty=pagerduty,
-                slack=slack,
-            )
+            return SyncOptions(full_resync=settings["full_resync"]), {"wave": wave}
 
-        return resync_one
+        return resync_op(
+            destination,
+            name=f"wave{wave}__{destination.key}",
+            description=f"Resync {destination.key} if it belongs to wave {wave}.",
+            inputs=("settings", "earlier"),
+            decide=decide,
+        )
 
     @dg.op(
         name="wave_pause", description="Gathers a wave's results and pauses before the next wave."
@@ -400,38 +433,20 @@ def build_one_off_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition
         return request
 
     def destination_op(destination: Destination) -> dg.OpDefinition:
-        @dg.op(
-            name=f"resync__{destination.key}",
-            pool=destination.pool,
-            tags={"destination": destination.destination_type},
-            description=f"Resync {destination.key} when the request names it.",
-        )
-        def resync_one(
-            context: OpExecutionContext,
-            hightouch: HightouchResource,
-            pagerduty: PagerDutyResource,
-            slack: SlackWebhookResource,
-            quality_gate: QualityGate,
-            request: dict,
-        ) -> SyncOutcome:
+        def decide(inputs: dict[str, Any]) -> SyncOutcome | ResyncPlan:
+            request = inputs["request"]
             if request["destination"] != destination.key:
                 return SyncOutcome(destination.key, "not selected", None, None)
-            return sync_in_op(
-                context,
-                destination,
-                hightouch,
-                SyncOptions(full_resync=request["full_resync"]),
-                {
-                    "reason": request["reason"],
-                    "requested_by": request["requested_by"],
-                    "dagster_user": request["dagster_user"],
-                },
-                gate=quality_gate,
-                pagerduty=pagerduty,
-                slack=slack,
-            )
+            who = {k: request[k] for k in ("reason", "requested_by", "dagster_user")}
+            return SyncOptions(full_resync=request["full_resync"]), who
 
-        return resync_one
+        return resync_op(
+            destination,
+            name=f"resync__{destination.key}",
+            description=f"Resync {destination.key} when the request names it.",
+            inputs=("request",),
+            decide=decide,
+        )
 
     @dg.op(name="announce_resync", description="Posts the outcome with who asked and why.")
     def announce(

@@ -5,7 +5,7 @@ chain inside the run before any sync step starts.
 """
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -37,7 +37,7 @@ class ActivationDbtTranslator(DagsterDbtTranslator):
 CheckEvent = dg.AssetCheckResult | dg.AssetCheckEvaluation
 
 
-def _checks_a_mart(event: object) -> bool:
+def _checks_a_mart(event: object) -> TypeGuard[CheckEvent]:
     if not isinstance(event, CheckEvent):
         return False
     key = event.asset_key
@@ -51,8 +51,9 @@ def with_fingerprints(results: list[CheckEvent], log: Any) -> Iterator[CheckEven
     if not results:
         return
     # guards imports this module (for `mart_asset_key`), so it is imported when first needed.
-    from activation.core.guards import fingerprint_metadata, mart_fingerprints, warehouse_connection
+    from activation.core.guards import fingerprint_metadata, mart_fingerprints
     from activation.lib.destinations import load_destinations
+    from activation.lib.warehouse import warehouse_connection
 
     marts = sorted({r.asset_key.path[1] for r in results if r.asset_key is not None})
     destinations = load_destinations()

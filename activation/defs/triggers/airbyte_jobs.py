@@ -30,9 +30,10 @@ from datetime import datetime
 
 import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
-from dagster_airbyte.translator import AirbyteJob, AirbyteMetadataSet
 
 from activation.core.run_history import InFlightRuns
+from activation.dagster_api import AirbyteJob, airbyte_connection_of, airbyte_jobs_for_connection
+from activation.defs.ingest.airbyte import INGEST_GROUP
 from activation.defs.triggers.mart_updates import TRIGGER_TAG, json_object_cursor
 
 AIRBYTE_SENSOR_INTERVAL_SECONDS = 30
@@ -50,18 +51,18 @@ class Connection:
     """The models and syncs to build after this connection lands (its raw keys excluded)."""
 
 
-def connections_of(assets: Sequence[dg.AssetsDefinition]) -> list[Connection]:
-    """The Airbyte connections behind the `raw/*` assets, with what lies downstream of each."""
-    assets = [a for a in assets if isinstance(a, dg.AssetsDefinition)]
+def connections_of(repository: dg.RepositoryDefinition) -> list[Connection]:
+    """The Airbyte connections behind the `raw/*` assets, with what lies downstream of each,
+    read from the code location's graph when the sensor evaluates (this module defines no
+    assets of its own, so the graph is only whole there)."""
+    assets = list({id(a): a for a in repository.assets_defs_by_key.values()}.values())
     raw_keys: dict[str, list[dg.AssetKey]] = {}
-    for assets_def in assets:
-        for spec in assets_def.specs:
-            try:
-                connection_id = AirbyteMetadataSet.extract(spec.metadata).connection_id
-            except Exception:  # not an Airbyte asset: it carries no connection metadata
-                continue
-            if connection_id:
-                raw_keys.setdefault(connection_id, []).append(spec.key)
+    for spec in (spec for assets_def in assets for spec in assets_def.specs):
+        if spec.group_name != INGEST_GROUP:
+            continue
+        connection_id, _ = airbyte_connection_of(spec)
+        if connection_id:
+            raw_keys.setdefault(connection_id, []).append(spec.key)
     connections = []
     for connection_id, keys in sorted(raw_keys.items()):
         downstream = dg.AssetSelection.assets(*keys).downstream(include_self=False).resolve(assets)
@@ -97,16 +98,15 @@ def dagster_started_job_ids(instance: dg.DagsterInstance, raw_keys: Sequence[dg.
             materialization = record.asset_materialization
             value = materialization.metadata.get("airbyte_job_id") if materialization else None
             if value is not None and value.value is not None:
-                ids.add(int(value.value))
+                ids.add(int(str(value.value)))
     return ids
 
 
 def build_airbyte_job_sensor(
-    assets: Sequence[dg.AssetsDefinition], job_name: str, mart_keys: Sequence[dg.AssetKey]
+    job_name: str, mart_keys: Sequence[dg.AssetKey]
 ) -> dg.SensorDefinition:
     """`mart_keys`: while a run that builds any of them is going, no new build is launched
     (one dbt build at a time; the waiting job is answered after that run ends)."""
-    connections = connections_of(assets)
 
     @dg.sensor(
         name="airbyte_job_sensor",
@@ -119,18 +119,17 @@ def build_airbyte_job_sensor(
     def airbyte_job_sensor(
         context: dg.SensorEvaluationContext, airbyte: AirbyteWorkspace
     ) -> dg.SensorResult:
+        if context.repository_def is None:
+            return dg.SensorResult(skip_reason=dg.SkipReason("No code location graph to read."))
+        connections = connections_of(context.repository_def)
         cursor = load_cursor(context.cursor)
         requests: list[dg.RunRequest] = []
         notes: list[str] = []
-        client = airbyte.get_client()
         in_flight_runs = InFlightRuns(context.instance)
         for connection in connections:
             state = cursor.get(connection.connection_id)
             since = datetime.fromisoformat(state["since"]) if state and state["since"] else None
-            jobs = sorted(
-                client.get_jobs_for_connection(connection.connection_id, created_after=since),
-                key=lambda j: j.id,
-            )
+            jobs = airbyte_jobs_for_connection(airbyte, connection.connection_id, since)
             if state is None:
                 cursor[connection.connection_id] = baseline(jobs)
                 continue

@@ -6,15 +6,17 @@ switching them on in the UI), each launching at most one run per upstream event:
 - `mart_update_sensor` (this module): a mart materialized in a finished run whose blocking checks
   on that mart passed, and that run did not itself sync the mart's destinations -> a run of those
   destinations' sync assets (job `sync_on_mart_update`).
-- `airbyte_job_sensor` (activation/defs/triggers/airbyte_jobs.py): a succeeded Airbyte job that Dagster did
-  not start -> dbt build of the affected models, then the syncs (job `build_after_upstream`).
-- `webhook_event_sensor` (activation/defs/triggers/webhook_events.py): a signed HTTP signal recorded by the
-  `activation webhooks` intake -> the same `build_after_upstream` run.
+- `airbyte_job_sensor` (activation/defs/triggers/airbyte_jobs.py): a succeeded Airbyte job that
+  Dagster did not start -> dbt build of the affected models, then the syncs (job
+  `build_after_upstream`).
+- `webhook_event_sensor` (activation/defs/triggers/webhook_events.py): a signed HTTP signal
+  recorded by the `activation webhooks` intake -> the same `build_after_upstream` run.
 
 Why a sensor and not declarative automation (`AutomationCondition.eager()`): the behaviour this
 project must guarantee is "an update that lands while a sync is in flight still leads to exactly
-one more sync". `eager()` was seen on this Dagster version to drop exactly that update (see
-../shared/NOTES.md), and its evaluation is not ours to test tick by tick. A sensor with a cursor
+one more sync". `eager()` was seen on Dagster 1.13 to drop exactly that update (no run was
+ever made for an update landing just after a request), and its evaluation is not ours to test
+tick by tick. A sensor with a cursor
 makes the rule explicit and testable with `build_sensor_context`:
 
 - the cursor holds, per mart, the storage id of the last materialization already answered;
@@ -169,9 +171,7 @@ def build_mart_update_sensor(
     return mart_update_sensor
 
 
-def build_automation_definitions(
-    assets: Sequence[dg.AssetsDefinition], destinations: Sequence[Destination]
-) -> dg.Definitions:
+def build_automation_definitions(destinations: Sequence[Destination]) -> dg.Definitions:
     """The trigger sensors and the jobs they launch (no new resources: they use `airbyte`)."""
     # Imported here: those modules import this one's tag names.
     from activation.defs.triggers.airbyte_jobs import build_airbyte_job_sensor
@@ -193,7 +193,7 @@ def build_automation_definitions(
         jobs=[sync_job, upstream_job],
         sensors=[
             build_mart_update_sensor(destinations, SYNC_JOB_NAME),
-            build_airbyte_job_sensor(assets, BUILD_JOB_NAME, mart_keys),
+            build_airbyte_job_sensor(BUILD_JOB_NAME, mart_keys),
             build_webhook_event_sensor(BUILD_JOB_NAME, mart_keys),
         ],
     )
@@ -201,9 +201,4 @@ def build_automation_definitions(
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    from activation.defs.ingest.airbyte import build_ingest_assets
-    from activation.resources import build_airbyte_workspace
-
-    return build_automation_definitions(
-        build_ingest_assets(build_airbyte_workspace()), load_destinations()
-    )
+    return build_automation_definitions(load_destinations())

@@ -28,7 +28,7 @@ from activation.lib.hightouch import IN_FLIGHT
 from activation.resources import HightouchResource
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import run_chain
-from tests.chain_support import sandbox_chain
+from tests.support.chain_support import sandbox_chain
 
 TOKEN = "fault-test-token-3b7d91ce"
 DESTINATION = next(d for d in load_destinations() if d.key == "iterable_users")

@@ -14,7 +14,7 @@ from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import (
     ChainResult,
-    prepare_dbt_manifest,
+    prepare_code_location,
     run_chain,
     sandbox_environment,
 )
@@ -28,7 +28,7 @@ def chain_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxP
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
         with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
-            prepare_dbt_manifest()
+            prepare_code_location()
             yield sandbox
 
 

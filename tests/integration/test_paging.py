@@ -27,7 +27,7 @@ from activation.lib.destinations import load_destinations
 from activation.resources import PagerDutyResource, SlackWebhookResource, pagerduty_events_url
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.notifications import pagerduty_errors
-from tests.gate_support import (
+from tests.support.gate_support import (
     ROUTING_KEYS,
     all_log_text,
     chain_sandbox,
@@ -104,15 +104,17 @@ def _run_sensor(instance: dg.DagsterInstance, failed: dg.ExecuteInProcessResult)
     from activation.definitions import build_definitions
 
     sensor = build_blocked_sync_sensor(load_destinations())
+    location = build_definitions()
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name,
         dagster_event=failed.get_run_failure_event(),
         dagster_instance=instance,
         dagster_run=instance.get_run_by_id(failed.run_id),
-        repository_def=build_definitions().get_repository_def(),
+        repository_def=location.get_repository_def(),
         resources={
             "pagerduty": PagerDutyResource(events_url=pagerduty_events_url()),
             "slack": SlackWebhookResource(webhook_url=_slack_url()),
+            "quality_gate": location.resources["quality_gate"],
         },
     )
     sensor(context)

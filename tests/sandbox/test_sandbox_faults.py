@@ -19,7 +19,7 @@ import pytest
 
 from activation.lib.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
-from tests.sandbox_marts import (
+from tests.support.sandbox_marts import (
     API,
     build_mart,
     counts,

@@ -13,7 +13,7 @@ import pytest
 
 from activation.lib.destinations import load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
-from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
+from activation.tooling.demo import prepare_code_location, sandbox_environment
 
 ROUTING_KEYS = {
     "PAGERDUTY_ROUTING_KEY_REVENUE_OPS": "revops" + secrets.token_hex(13),
@@ -36,7 +36,7 @@ def chain_sandbox(folder: Path, destinations_file: Path | None = None) -> Iterat
         load_destinations.cache_clear()
         try:
             with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as box:
-                prepare_dbt_manifest()
+                prepare_code_location()
                 yield box
         finally:
             load_destinations.cache_clear()

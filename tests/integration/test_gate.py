@@ -21,17 +21,16 @@ from activation.core.gate import (
     CheckRecord,
     Evidence,
     Materialization,
-    check_history,
     judge_check,
     judge_fingerprint,
     latest_check_record,
-    run_location,
 )
 from activation.core.guards import FINGERPRINT_METADATA, Fingerprint
+from activation.dagster_api import check_history, run_location
 from activation.lib.destinations import mart_asset_key
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult, run_chain
-from tests.gate_support import chain_sandbox, launch, step_failures, sync_key
+from tests.support.gate_support import chain_sandbox, launch, step_failures, sync_key
 
 CONTACTS = "salesforce_contacts"
 CONTACTS_MART = mart_asset_key("mart_salesforce_contacts")
@@ -97,9 +96,7 @@ def test_check_history_and_run_location_are_pinned(
     [runless] = check_history(instance, check)
     assert (runless.run_id, runless.step_key) == ("", None)
     assert runless.evaluation is not None and runless.evaluation.passed
-    assert _evidence(instance).why_not(runless) == (
-        "an evaluation reported outside any run"
-    )
+    assert _evidence(instance).why_not(runless) == ("an evaluation reported outside any run")
     [stepped, *_] = check_history(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
     assert stepped.run_id and stepped.step_key
     run = instance.get_run_by_id(stepped.run_id)
@@ -394,5 +391,5 @@ def test_judge_fingerprint(fingerprints: dict | None, refused: str | None) -> No
 
 
 def test_module_has_no_future_import() -> None:
-    source = (Path(__file__).parents[1] / "activation" / "gate.py").read_text()
+    source = (Path(__file__).parents[2] / "activation" / "core" / "gate.py").read_text()
     assert "from __future__" not in source

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_promotion.py: run `promote` while a reviewer answers from another thread.
+"""Helpers for tests/integration/test_promotion.py: run `promote` while a reviewer answers.
 
 The reviewer reads the review message from the sandbox's Slack sink (where a real reviewer reads
 it), takes the run id, staging run id and approval code from it, and decides through the CLI (in

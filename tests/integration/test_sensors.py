@@ -17,7 +17,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from activation.core.run_history import events_of_run, failed_blocking_checks, planned_asset_keys
+from activation.core.run_history import failed_blocking_checks, planned_asset_keys
+from activation.dagster_api import events_of_run
 from activation.defs.triggers.mart_updates import (
     SYNC_JOB_NAME,
     build_mart_update_sensor,
@@ -88,7 +89,7 @@ def _newest_mart_storage_id(instance: dg.DagsterInstance) -> int:
 def test_every_trigger_sensor_is_running_by_default_with_a_short_interval() -> None:
     from activation.defs.triggers.mart_updates import build_automation_definitions
 
-    defs = build_automation_definitions([], load_destinations())
+    defs = build_automation_definitions(load_destinations())
     sensors = {s.name: s for s in defs.sensors}
     assert set(sensors) == {"mart_update_sensor", "airbyte_job_sensor", "webhook_event_sensor"}
     for sensor in sensors.values():
@@ -238,13 +239,13 @@ def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
 
 @pytest.fixture(scope="module")
 def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
+    from activation.tooling.demo import prepare_code_location, sandbox_environment
 
     folder = tmp_path_factory.mktemp("airbyte_sensor") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", "airbyte-sensor-test-token")
         with sandbox_environment(folder, "--phase-seconds", "0.3", "--rows", "50") as sandbox:
-            prepare_dbt_manifest()
+            prepare_code_location()
             from activation.definitions import build_definitions
 
             yield sandbox, build_definitions()
@@ -258,7 +259,10 @@ def _airbyte_ticker(
 
     def tick(cursor: str | None) -> dg.SensorResult:
         context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"airbyte": defs.resources["airbyte"]}
+            instance=instance,
+            cursor=cursor,
+            resources={"airbyte": defs.resources["airbyte"]},
+            repository_def=defs.get_repository_def(),
         )
         return sensor(context)
 

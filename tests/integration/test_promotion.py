@@ -29,8 +29,8 @@ from activation.core.approvals import (
     new_approval_code,
     read_entries,
     refusal,
-    tag_run,
 )
+from activation.dagster_api import tag_run
 from activation.defs.promotion.promote import PromotionFormError
 from activation.lib.destinations import load_destinations
 from activation.lib.environment import SANDBOX_URL_VAR
@@ -38,9 +38,9 @@ from activation.lib.review_messages import ADAPTIVE_CARD_CONTENT_TYPE, RunSummar
 from activation.resources import build_teams_resource
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling import cli as activation_cli
-from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
-from tests.gate_support import ROUTING_KEYS
-from tests.promotion_helpers import (
+from activation.tooling.demo import prepare_code_location, sandbox_environment
+from tests.support.gate_support import ROUTING_KEYS
+from tests.support.promotion_helpers import (
     PRODUCTION_STEP,
     STAGING_STEP,
     Invitation,
@@ -56,7 +56,7 @@ from tests.promotion_helpers import (
     run_step_metadata,
     step_metadata,
 )
-from tests.sandbox_marts import reset
+from tests.support.sandbox_marts import reset
 
 TOKEN = "promotion-test-token-7d3e91aa"
 STAGING_SYNC_ID = "403"  # salesforce_contacts' staging twin, declared in destinations.yaml
@@ -91,7 +91,7 @@ def promo_sandbox(
             patch.setenv(name, value)
         load_destinations.cache_clear()
         with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
-            prepare_dbt_manifest()
+            prepare_code_location()
             check_marts(instance)
             yield sandbox
 

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from activation.sandbox.launcher import SandboxProcess
-from tests.sandbox_marts import (
+from tests.support.sandbox_marts import (
     build_mart,
     counts,
     crm_calls,

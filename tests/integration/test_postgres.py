@@ -34,8 +34,8 @@ import duckdb
 import pytest
 
 from activation.lib.destinations import load_destinations
-from activation.lib.environment import POSTGRES_VARIABLES
 from activation.lib.paths import DBT_PROJECT_DIR, PROJECT_ROOT
+from activation.lib.warehouse import POSTGRES_VARIABLES
 from activation.sandbox.context import SandboxStore
 from activation.sandbox.launcher import SandboxProcess
 from activation.sandbox.warehouse import (
@@ -44,8 +44,12 @@ from activation.sandbox.warehouse import (
     open_warehouse,
 )
 from activation.tooling.demo import run_chain, sandbox_environment
-from tests import postgres_server as postgres_server_module
-from tests.postgres_server import PostgresServer, PostgresUnavailableError, find_server_binaries
+from tests.support import postgres_server as postgres_server_module
+from tests.support.postgres_server import (
+    PostgresServer,
+    PostgresUnavailableError,
+    find_server_binaries,
+)
 
 TOKEN = "pg-chain-token-8c41d0e7"
 ROWS = 300
@@ -54,7 +58,7 @@ CHILD_TIMEOUT_SECONDS = 600
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m tests.test_postgres ARGS` (or another module) from the project root."""
+    """Run `python -m tests.integration.test_postgres ARGS` (or another module) from the root."""
     result = subprocess.run(
         [sys.executable, *args],
         cwd=PROJECT_ROOT,
@@ -162,12 +166,13 @@ def pg_sandbox(
         with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box:
             # The manifest is prepared for the postgres target, as an image build would.
             _child("-m", "activation.tooling.cli", "prepare")
+            _child("-m", "activation.tooling.cli", "refresh")
             yield box
 
 
 def _chain() -> dict[str, Any]:
     """One `activate` run in a child process; the sandbox fixture's environment selects it all."""
-    return _last_json(_child("-m", "tests.test_postgres", "chain"))
+    return _last_json(_child("-m", "tests.integration.test_postgres", "chain"))
 
 
 def _query(server: PostgresServer, database: str, statement: str) -> list[tuple]:
@@ -379,7 +384,7 @@ def test_runs_event_logs_and_sensor_cursors_survive_a_process_restart(
     env = postgres_home
     # Process 1: a run executed in process (run + event log).
     written = _last_json(
-        _child("-m", "tests.test_postgres", "storage-write", str(defs_file), env=env)
+        _child("-m", "tests.integration.test_postgres", "storage-write", str(defs_file), env=env)
     )
     # Processes 2-4, through Dagster's own CLI: a sensor cursor, a queued run, a pool limit.
     location = ["-f", str(defs_file)]
@@ -392,7 +397,7 @@ def test_runs_event_logs_and_sensor_cursors_survive_a_process_restart(
                "hightouch_salesforce_accounts", "1", env=env),
     ]  # fmt: skip
     # Process 5, started after every writer has exited: everything is still there.
-    read = _last_json(_child("-m", "tests.test_postgres", "storage-read", env=env))
+    read = _last_json(_child("-m", "tests.integration.test_postgres", "storage-read", env=env))
 
     runs = {run["run_id"]: run for run in read["runs"]}
     executed = runs[written["run_id"]]

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from activation.sandbox.launcher import SandboxProcess
-from activation.tooling.demo import prepare_dbt_manifest, sandbox_environment
+from activation.tooling.demo import prepare_code_location, sandbox_environment
 
 QUICK_SANDBOX = ("--phase-seconds", "0.05", "--rows", "300")
 
@@ -34,7 +34,7 @@ def sandbox_chain(
         for variable, value in env.items():
             patch.setenv(variable, value)
         with sandbox_environment(folder, *QUICK_SANDBOX) as sandbox:
-            prepare_dbt_manifest()
+            prepare_code_location()
             home = factory.mktemp(f"{name}_home")
             with dg.instance_for_test(temp_dir=str(home)) as instance:
                 yield SandboxChain(sandbox, instance, folder)

@@ -11,7 +11,7 @@ import pytest
 from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.hightouch import served_sync_definitions, sync_definitions
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
-from tests.sandbox_marts import (
+from tests.support.sandbox_marts import (
     API,
     build_mart,
     get_run,

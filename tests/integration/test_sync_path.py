@@ -22,9 +22,9 @@ import pytest
 
 from activation.lib.destinations import Destination, load_destinations
 from activation.sandbox.launcher import SandboxProcess
-from tests.gate_support import chain_sandbox
+from tests.support.gate_support import chain_sandbox
 
-PACKAGE = Path(__file__).resolve().parents[1] / "activation"
+PACKAGE = Path(__file__).resolve().parents[2] / "activation"
 GATE_REFUSAL = "refused to trigger Hightouch"
 
 

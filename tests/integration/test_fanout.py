@@ -18,7 +18,7 @@ import pytest
 from activation.lib.destinations import load_destinations
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult, run_chain
-from tests.chain_support import sandbox_chain
+from tests.support.chain_support import sandbox_chain
 
 TOKEN = "fanout-test-token-58e0a7"
 ROUTING_KEYS = {

@@ -15,7 +15,7 @@ from activation.sandbox.crm import (
     record_problem,
 )
 from activation.sandbox.launcher import SandboxProcess
-from tests.sandbox_marts import (
+from tests.support.sandbox_marts import (
     build_mart,
     counts,
     crm_calls,

@@ -18,12 +18,10 @@ import yaml
 from activation.core.guards import (
     Fingerprint,
     GuardCounts,
-    WarehouseError,
     fingerprint,
     measure,
     record_synced_snapshot,
     violations,
-    warehouse_connection,
 )
 from activation.lib.destinations import (
     Destination,
@@ -33,9 +31,10 @@ from activation.lib.destinations import (
     parse_destinations,
 )
 from activation.lib.paths import DEFAULT_DESTINATIONS_FILE
+from activation.lib.warehouse import WarehouseError, warehouse_connection
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import run_chain
-from tests.gate_support import chain_sandbox, launch, step_failures, sync_key
+from tests.support.gate_support import chain_sandbox, launch, step_failures, sync_key
 
 CONTACTS = "salesforce_contacts"
 GUARD = "guard_salesforce_contacts"
