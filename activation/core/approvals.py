@@ -548,6 +548,14 @@ def verified_approval(instance: dg.DagsterInstance, approval: Decision) -> Revie
     return request
 
 
+def public_metadata(decision: Decision) -> dict[str, Any]:
+    """The decision as runs show it (the proof stays in the approvals record only)."""
+    metadata = decision.metadata()
+    metadata.pop("proof")
+    metadata["kind"] = "sign_off"
+    return metadata
+
+
 def decision_tags(decision: Decision) -> dict[str, str]:
     """Run tags naming who decided, what and when (the comment or reason is in metadata)."""
     return {

@@ -279,7 +279,7 @@ def test_the_full_resync_form_requires_reason_and_requested_by(world: World) -> 
 
 
 def test_the_declared_order_only_binds_destinations_selected_in_the_run() -> None:
-    from activation.defs.resync.jobs import FullResyncConfig, plan_waves
+    from activation.defs.resync.waves import FullResyncConfig, plan_waves
 
     config = FullResyncConfig(
         reason="contacts only",

@@ -63,7 +63,7 @@ def hightouch_nodes(job: dg.JobDefinition) -> list[Any]:
 def test_every_node_that_reaches_hightouch_holds_its_pool_and_calls_the_sync_path(
     definitions: dg.Definitions,
 ) -> None:
-    from activation.defs.resync.jobs import sync_in_op
+    from activation.defs.resync.shared import sync_in_op
 
     # The resync ops go through one shared helper; it must itself take the path.
     assert "sync_destination" in sync_in_op.__code__.co_names

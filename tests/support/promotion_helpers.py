@@ -167,7 +167,7 @@ def failure_message(result: dg.ExecuteInProcessResult, step: str) -> str:
 
 
 def _run_sign_off_job(instance_ref: Any, form: dict, answer: Any) -> None:
-    from activation.defs.promotion.promote import sign_off_job
+    from activation.defs.promotion.sign_off import sign_off_job
 
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
         job = sign_off_job

@@ -30,8 +30,6 @@ This module must not use `from __future__ import annotations`: Dagster reads the
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -47,8 +45,8 @@ from activation.core.approvals import (
     decision_tags,
     judged_decisions,
     new_approval_code,
+    public_metadata,
     read_entries,
-    record_decision,
     review_request_observation,
     utc_text,
     verified_approval,
@@ -204,14 +202,6 @@ def _tell_outcome(
         )
     except Exception as error:  # the Failure that follows is what matters
         context.log.warning(f"Could not post the outcome: {error}")
-
-
-def _public_metadata(decision: SignOff) -> dict[str, Any]:
-    """The decision as shown in the promotion run (the proof stays in the approvals record)."""
-    metadata = decision.metadata()
-    metadata.pop("proof")
-    metadata["kind"] = "sign_off"
-    return metadata
 
 
 def _await_decision(
@@ -402,7 +392,7 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
             _tell_outcome(context, config, slack, teams, "Promotion expired", None, detail)
             raise dg.Failure(description=detail)
 
-        metadata = _public_metadata(decision)
+        metadata = public_metadata(decision)
         context.log_event(
             dg.AssetObservation(
                 asset_key=APPROVALS_KEY,
@@ -543,64 +533,8 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
     return promote
 
 
-class SignOffDecision(Enum):
-    approve = "approve"
-    reject = "reject"
-
-
-class SignOffForm(dg.Config):
-    """The sign_off_decision job's Launchpad form: a decision on one waiting promotion run."""
-
-    promotion_run_id: str = Field(description="Run id of the promote run waiting for sign-off.")
-    decision: SignOffDecision = Field(description="approve or reject.")
-    reviewer: str = Field(description="Your name (must be in the run's allow-list, if any).")
-    approval_code: str = Field(
-        description="The one-time code from the review message in Slack or Teams."
-    )
-    comment: str = Field(
-        default="", description="Comment (approve) or reason (reject; required to reject)."
-    )
-    staging_run_id: str = Field(
-        default="",
-        description="The staging Hightouch run id shown in the review message; empty means the "
-        "one currently under review.",
-    )
-
-
-@dg.op(description="Records the decision on the named promotion run, or fails saying why not.")
-def record_sign_off(context: dg.OpExecutionContext, config: SignOffForm) -> dg.Output[None]:
-    try:
-        decision = record_decision(
-            context.instance,
-            promotion_run_id=config.promotion_run_id,
-            verdict=Verdict(config.decision.value),
-            reviewer=config.reviewer,
-            code=config.approval_code,
-            note=config.comment,
-            staging_run_id=config.staging_run_id or None,
-            source=f"sign_off_decision run {context.run_id}",
-        )
-    except DecisionRefused as error:
-        raise dg.Failure(description=str(error)) from None
-    context.log.info(
-        f"Recorded {decision.verdict.value} of promotion run {decision.promotion_run_id} by "
-        f"{decision.reviewer} at {decision.decided_at_utc}"
-    )
-    return dg.Output(None, metadata=_public_metadata(decision))
-
-
-@dg.job(
-    name="sign_off_decision",
-    description="Approve or reject a waiting promote run from the Launchpad (needs the code "
-    "posted in the review channel).",
-    tags={"activation/concern": "promotion"},
-)
-def sign_off_job() -> None:
-    record_sign_off()
-
-
 def build_promotion_definitions(destinations: Sequence[Destination]) -> dg.Definitions:
-    """The promote and sign_off_decision jobs and the approvals asset."""
+    """The promote job and the approvals asset its records live on."""
     approvals = dg.AssetSpec(
         APPROVALS_KEY,
         group_name=PROMOTION_GROUP,
@@ -609,7 +543,7 @@ def build_promotion_definitions(destinations: Sequence[Destination]) -> dg.Defin
     )
     return dg.Definitions(
         assets=[approvals],
-        jobs=[build_promote_job(destinations), sign_off_job],
+        jobs=[build_promote_job(destinations)],
     )
 
 
