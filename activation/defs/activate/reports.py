@@ -17,6 +17,7 @@ def build_report_spec(destinations: Sequence[Destination]) -> dg.AssetSpec:
         deps=[sync_asset_key_for(d.key) for d in destinations],
         group_name="activate",
         kinds={"slack"},
+        owners=["team:data-platform"],
         description="One summary per run that synced: each destination's status, row counts "
         "and Hightouch run id. Written by the activation_summary sensors after the run ends, "
         "whether it succeeded or failed.",

@@ -20,15 +20,25 @@ from activation.core.airbyte_listing import (
 from activation.dagster_api import airbyte_connection_of, airbyte_sync_and_poll
 
 INGEST_GROUP = "ingest"
+INGEST_OWNER = "team:data-platform"
 
 
 class RawStreamTranslator(DagsterAirbyteTranslator):
-    """`raw/<stream>`: the same key dbt gives its `raw` source, so the graph joins up."""
+    """`raw/<stream>`: the same key dbt gives its `raw` source, so the graph joins up. Owned by
+    the data platform team, who run the Airbyte connections."""
 
     def get_asset_spec(self, props: AirbyteConnectionTableProps) -> dg.AssetSpec:
         spec = super().get_asset_spec(props)
         return spec.replace_attributes(
-            key=dg.AssetKey(["raw", props.table_name]), group_name=INGEST_GROUP
+            key=dg.AssetKey(["raw", props.table_name]),
+            group_name=INGEST_GROUP,
+            owners=[INGEST_OWNER],
+            description=spec.description
+            or (
+                f"The `{props.table_name}` stream as landed by the Airbyte connection "
+                f"{props.connection_name} in {props.fully_qualified_table_name or 'the warehouse'}"
+                ", with Airbyte's meta columns; read by dbt as the `raw` source."
+            ),
         )
 
 

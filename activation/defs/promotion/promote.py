@@ -540,6 +540,7 @@ def build_promotion_definitions(destinations: Sequence[Destination]) -> dg.Defin
         group_name=PROMOTION_GROUP,
         description="Review requests, decisions and refusals of promote runs (observations).",
         kinds={"dagster"},
+        owners=["team:data-platform"],
     )
     return dg.Definitions(
         assets=[approvals],

@@ -4,12 +4,12 @@ dbt tests become asset checks; error-severity tests are blocking, so a failing t
 chain inside the run before any sync step starts.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeGuard
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from activation.core.dbt_project import dbt_project
 from activation.lib.destinations import mart_asset_key
@@ -22,7 +22,11 @@ class ManifestMissingError(RuntimeError):
 
 
 class ActivationDbtTranslator(DagsterDbtTranslator):
-    """Keys mirror the warehouse: `raw/<table>` sources, `staging/<model>`, `marts/<model>`."""
+    """Keys mirror the warehouse: `raw/<table>` sources, `staging/<model>`, `marts/<model>`.
+
+    Owners come from each model's `meta.owner` (a string or a list, set as `config.meta` in the
+    dbt YAML); each dbt test's `description` becomes its asset check's description (dagster-dbt
+    only reads `meta.description`, which no test here sets)."""
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":
@@ -32,6 +36,28 @@ class ActivationDbtTranslator(DagsterDbtTranslator):
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return TRANSFORM_GROUP
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        owner = dbt_resource_props.get("meta", {}).get("owner")
+        if isinstance(owner, str) and owner:
+            return [owner]
+        if isinstance(owner, list) and owner:
+            return [str(o) for o in owner]
+        return super().get_owners(dbt_resource_props)
+
+    def get_asset_check_spec(
+        self,
+        asset_spec: dg.AssetSpec,
+        manifest: Mapping[str, Any],
+        unique_id: str,
+        project: DbtProject | None,
+    ) -> dg.AssetCheckSpec | None:
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None or spec.description:
+            return spec
+        test = manifest.get("nodes", {}).get(unique_id, {})
+        description = " ".join(str(test.get("description") or "").split())
+        return spec._replace(description=description) if description else spec
 
 
 CheckEvent = dg.AssetCheckResult | dg.AssetCheckEvaluation
