@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -206,17 +208,21 @@ def build_resources() -> dict[str, object]:
     }
 
 
-class QualityGate(dg.ConfigurableResource):
+@dataclass(frozen=True)
+class QualityGate:
     """Which blocking checks gate which sync: for each destination, the blocking checks of every
     asset upstream of its sync asset. Computed once when the code location loads, from the
-    assembled definitions (activation/definitions.py), and shown read-only in the UI."""
+    assembled definitions (activation/definitions.py).
 
-    blocking_checks: dict[str, dict[str, list[str]]] = Field(
-        description="Destination key -> upstream asset -> names of its blocking checks."
-    )
-    job_names: list[str] = Field(
-        description="Jobs of this code location: only their runs' check results count."
-    )
+    Deliberately not a ConfigurableResource: a resource with config can be overridden in a run's
+    config from the Launchpad, and an empty map would open every gate. Bound as a plain value, it
+    has no config schema, so a run config that names it is refused before the run exists.
+    """
+
+    blocking_checks: Mapping[str, Mapping[str, Sequence[str]]]
+    """Destination key -> upstream asset -> names of its blocking checks."""
+    job_names: Sequence[str]
+    """Jobs of this code location: only their runs' check results count."""
 
     def checks_for(self, destination_key: str) -> dict[dg.AssetKey, list[dg.AssetCheckKey]]:
         upstream = self.blocking_checks.get(destination_key)

@@ -105,7 +105,7 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         hightouch: HightouchResource,
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
-        quality_gate: QualityGate,
+        quality_gate: dg.ResourceParam[QualityGate],
     ) -> dg.MaterializeResult:
         # The one sync path: the gate reads check results across runs, so whatever launched
         # this step, untested, failed or changed marts stop it before anything reaches Hightouch.

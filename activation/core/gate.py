@@ -463,7 +463,7 @@ def build_blocked_sync_sensor(destinations: tuple[Destination, ...]) -> dg.Senso
         context: dg.RunFailureSensorContext,
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
-        quality_gate: QualityGate,
+        quality_gate: dg.ResourceParam[QualityGate],
     ) -> None:
         run = context.dagster_run
         for destination in destinations:

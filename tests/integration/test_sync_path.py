@@ -172,3 +172,33 @@ def test_every_job_is_refused_by_a_closed_gate_with_no_trigger(
                 }
                 assert refused == targeted, f"{job.name}: gate refused {sorted(refused)}"
     assert sandbox.trigger_counts() == {}
+
+
+def test_the_gate_map_cannot_be_emptied_from_run_config(
+    definitions: dg.Definitions, sandbox: SandboxProcess
+) -> None:
+    """An operator with Launchpad access tries to open every gate by overriding the gate's map
+    in run config (no blocking check for any destination). The map has no config to override:
+    every sync is still refused by the checks it really depends on, and nothing is sent."""
+    job = definitions.resolve_job_def("activate")
+    emptied = {"blocking_checks": {key: {} for key in ALL}, "job_names": ["activate"]}
+    attack = {"resources": {"quality_gate": {"config": emptied}}}
+    with dg.instance_for_test() as instance:
+        try:
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=_sync_keys(),
+                run_config=attack,
+                raise_on_error=False,
+            )
+        except dg.DagsterInvalidConfigError:
+            result = None  # refused before the run existed: as good
+        if result is not None:
+            assert not result.success
+            refused = {
+                entry.step_key.rsplit("__", 1)[-1]
+                for entry in instance.all_logs(result.run_id)
+                if entry.step_key and GATE_REFUSAL in (entry.user_message or "")
+            }
+            assert refused == ALL - DEPENDENTS
+    assert sandbox.trigger_counts() == {}

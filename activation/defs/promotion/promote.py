@@ -271,7 +271,7 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
             hightouch: HightouchResource,
             pagerduty: PagerDutyResource,
             slack: SlackWebhookResource,
-            quality_gate: QualityGate,
+            quality_gate: dg.ResourceParam[QualityGate],
         ) -> dg.Output[RunSummary]:
             result = sync_destination(
                 context,
@@ -426,7 +426,7 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
             hightouch: HightouchResource,
             pagerduty: PagerDutyResource,
             slack: SlackWebhookResource,
-            quality_gate: QualityGate,
+            quality_gate: dg.ResourceParam[QualityGate],
         ) -> dg.Output[Promoted]:
             try:
                 request = verified_approval(context.instance, approval)

@@ -99,7 +99,7 @@ def resync_op(
         hightouch: HightouchResource,
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
-        quality_gate: QualityGate,
+        quality_gate: dg.ResourceParam[QualityGate],
         **op_inputs: Any,
     ) -> SyncOutcome:
         decided = decide(op_inputs)
