@@ -5,7 +5,7 @@ timestamps `2022-02-08T16:11:04.712Z`, errors `{"message": ...}`, validation err
 `ValidateErrorJSON` shape). One sync per declared destination and per declared staging twin;
 one Hightouch destination per CRM.
 Runs are executed by `sync_engine`. Sandbox-only: `GET /sandbox/hightouch/triggers` counts the
-triggers each sync received.
+triggers each sync received; `pages` serves the app's sync and run pages the run links open.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from activation.lib.destinations import Destination
 from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
+from activation.sandbox import pages
 from activation.sandbox.context import SandboxContext
 from activation.sandbox.crm import CrmStandIns, batch_limits
 from activation.sandbox.faults import FaultRegistry
@@ -371,7 +372,7 @@ def routes(
     definitions: Sequence[SyncDefinition],
     faults: FaultRegistry | None = None,
 ) -> list[BaseRoute]:
-    """The API's routes for `definitions` (from `served_sync_definitions`)."""
+    """The API's routes for `definitions` (from `served_sync_definitions`), and the app pages."""
     engine = SyncEngine(
         store=context.store,
         crm=CrmStandIns(context.store, faults=faults),
@@ -398,4 +399,5 @@ def routes(
             for method, path, handler in api_routes
         ),
         Route("/sandbox/hightouch/triggers", api.trigger_counts, methods=["GET"]),
+        *pages.routes({s.id: s for s in definitions}, engine),
     ]

@@ -17,6 +17,7 @@ destination reject a share of rows, or report an unknown status for a few polls.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import threading
@@ -47,6 +48,9 @@ HELD_RUN_PROGRESS = 0.99
 """The completion ratio a held run reaches by the end of its hold; delivery does the rest. Near 1,
 so the ratio rises steadily over the whole run, as a client extrapolating it would expect."""
 INJECTED_REJECTION = "INJECTED_REJECTION: the destination rejected this record (sandbox fault)"
+DELIVERED_SAMPLE_ROWS = 50
+"""Rows a run keeps of what the CRM accepted from it (the run page shows them); the total is
+`successful.total`."""
 
 
 def iso_timestamp(moment: datetime | None) -> str | None:
@@ -76,6 +80,16 @@ class RowCounts:
         }
 
 
+@dataclass(frozen=True)
+class DeliveredRow:
+    """A record the CRM stand-in accepted in a run: its operation, key and mapped fields (none
+    for a removal)."""
+
+    operation: str
+    id: str
+    fields: Mapping[str, Any]
+
+
 @dataclass
 class Run:
     """One sync run; mutated by its worker under the engine lock, read through `to_api`."""
@@ -97,6 +111,8 @@ class Run:
     failed: RowCounts = field(default_factory=RowCounts)
     fault: RunFault | None = None
     unknown_reads_left: int = 0
+    delivered: list[DeliveredRow] = field(default_factory=list)
+    """The first `DELIVERED_SAMPLE_ROWS` records the CRM accepted, in delivery order."""
 
     def to_api(self) -> dict[str, Any]:
         """The SyncRun object of the Hightouch API."""
@@ -235,6 +251,12 @@ class SyncEngine:
                         run.unknown_reads_left -= 1
             return [run.to_api() for run in self._runs[sync_id]]
 
+    def run_records(self, sync_id: str) -> list[Run]:
+        """Copies of the sync's runs, oldest first, delivered rows included (for the app pages);
+        an unknown sync has none."""
+        with self._lock:
+            return copy.deepcopy(self._runs.get(sync_id, []))
+
     def trigger_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._triggers)
@@ -339,12 +361,24 @@ class SyncEngine:
                 results = self._send(run, destination, operation, batch) if batch else []
                 results = results + injected
                 rejected = [result for result in results if not result.ok]
+                accepted = [
+                    DeliveredRow(
+                        operation,
+                        str(record["id"]),
+                        {} if operation == "removed" else dict(record["fields"]),
+                    )
+                    # the CRM answers batch records in order; injected rejections come after
+                    for record, result in zip(batch, results[: len(batch)], strict=True)
+                    if result.ok
+                ]
                 failed_ids.extend(result.id for result in rejected)
                 first_error = first_error or next((r.error for r in rejected), None)
                 done += len(results)
                 with self._lock:
                     _count(run.successful, operation, len(results) - len(rejected))
                     _count(run.failed, operation, len(rejected))
+                    room = DELIVERED_SAMPLE_ROWS - len(run.delivered)
+                    run.delivered.extend(accepted[: max(room, 0)])
                     # max: a held run already reported progress; the ratio never goes back
                     run.completion_ratio = max(run.completion_ratio, round(done / total, 4))
         return failed_ids, first_error
