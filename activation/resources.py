@@ -148,7 +148,12 @@ def build_dbt_resource() -> DbtCliResource:
     beside_python = Path(sys.executable).parent / "dbt"
     executable = str(beside_python) if beside_python.exists() else "dbt"
     return DbtCliResource(
-        project_dir=dbt_project, target=dbt_project.target, dbt_executable=executable
+        project_dir=dbt_project,
+        target=dbt_project.target,
+        dbt_executable=executable,
+        # Plain text: dbt's colour codes would reach the Dagster event log (a failed build's
+        # error, the run's logs) as raw ANSI escapes.
+        global_config_flags=["--no-use-colors"],
     )
 
 

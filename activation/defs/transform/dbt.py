@@ -1,10 +1,14 @@
 """The dbt project as assets: `dbt build` materializes the models and runs every test.
 
 dbt tests become asset checks; error-severity tests are blocking, so a failing test stops the
-chain inside the run before any sync step starts.
+chain inside the run before any sync step starts. A failed test's check carries a sample of the
+rows that failed it, read from the table dbt stores them in (`store_failures`).
 """
 
+import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeGuard
 
 import dagster as dg
@@ -70,6 +74,15 @@ def _checks_a_mart(event: object) -> TypeGuard[CheckEvent]:
     return key is not None and len(key.path) == 2 and key == mart_asset_key(key.path[1])
 
 
+def _is_failed_check(event: object) -> TypeGuard[CheckEvent]:
+    return isinstance(event, CheckEvent) and not event.passed
+
+
+def _held_until_dbt_exits(event: object) -> TypeGuard[CheckEvent]:
+    """Check results whose metadata needs the warehouse, which dbt holds until it exits."""
+    return _checks_a_mart(event) or _is_failed_check(event)
+
+
 def with_fingerprints(results: list[CheckEvent], log: Any) -> Iterator[CheckEvent]:
     """`results` (checks on marts), each with the fingerprint of its mart per destination that
     reads it, computed once per mart in one warehouse connection. A mart that cannot be
@@ -100,6 +113,123 @@ def with_fingerprints(results: list[CheckEvent], log: Any) -> Iterator[CheckEven
         yield result.with_metadata({**result.metadata, **added}) if added else result
 
 
+FAILING_ROWS_SHOWN = 20
+"""At most this many of a failed test's stored rows are shown on its check."""
+FAILING_ROWS_CELL_CHARS = 200
+"""A longer value is cut to this many characters in the table."""
+# dbt quotes each part of a relation name: "database"."schema"."identifier" (or two parts).
+_RELATION_NAME = re.compile(r'^"[^"]+"(\."[^"]+"){1,2}$')
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]+$")
+STORED_FAILURE_STATUSES = frozenset({"fail", "warn"})
+
+
+def stored_failure_nodes(manifest_path: Path) -> dict[str, Mapping[str, Any]]:
+    """Test unique id -> the manifest node of each test whose failing rows dbt stores (its
+    `relation_name` is set when `store_failures` is on)."""
+    nodes = json.loads(manifest_path.read_text()).get("nodes", {})
+    return {
+        unique_id: node
+        for unique_id, node in nodes.items()
+        if node.get("resource_type") == "test" and node.get("relation_name")
+    }
+
+
+def _cell(value: object) -> str:
+    text = "NULL" if value is None else " ".join(str(value).split())
+    if len(text) > FAILING_ROWS_CELL_CHARS:
+        text = text[: FAILING_ROWS_CELL_CHARS - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """`rows` under a header of `columns`, as a Markdown table."""
+    lines = [
+        "| " + " | ".join(_cell(c) for c in columns) + " |",
+        "|" + "|".join(" --- " for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_failing_rows(
+    session: Any, node: Mapping[str, Any], limit: int = FAILING_ROWS_SHOWN
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns and at most `limit` rows of the table dbt stored a test's failing rows in.
+
+    Every name comes from the manifest and is checked before it reaches SQL (a `Session` takes
+    no parameters)."""
+    from activation.lib.warehouse import WarehouseError
+
+    relation = str(node.get("relation_name") or "")
+    schema, table = str(node.get("schema") or ""), str(node.get("alias") or "")
+    if not _RELATION_NAME.match(relation):
+        raise WarehouseError(f"unexpected relation name {relation!r}")
+    if not (_IDENTIFIER.match(schema) and _IDENTIFIER.match(table)):
+        raise WarehouseError(f"unexpected schema or table name {schema!r}.{table!r}")
+    columns = [
+        str(row[0])
+        for row in session.rows(
+            "SELECT column_name FROM information_schema.columns "
+            f"WHERE table_schema = '{schema}' AND table_name = '{table}' "
+            "ORDER BY ordinal_position"
+        )
+    ]
+    if not columns:
+        raise WarehouseError(f"{relation} does not exist (did the test run?)")
+    selected = ", ".join('"' + column.replace('"', '""') + '"' for column in columns)
+    rows = session.rows(f"SELECT {selected} FROM {relation} LIMIT {int(limit)}")
+    return columns, rows
+
+
+def _metadata_text(result: CheckEvent, key: str) -> str | None:
+    value = result.metadata.get(key)
+    text = getattr(value, "value", value)
+    return text if isinstance(text, str) else None
+
+
+def _has_stored_rows(result: CheckEvent) -> bool:
+    """A test that found failing rows (`fail`, or `warn` at warn severity); one that errored
+    stored nothing, and its table may still hold an earlier run's rows."""
+    return not result.passed and _metadata_text(result, "status") in STORED_FAILURE_STATUSES
+
+
+def with_failing_rows(
+    results: list[CheckEvent], manifest_path: Path, log: Any
+) -> Iterator[CheckEvent]:
+    """`results`, each failed one with a sample of the rows that failed it: `failing_rows` (a
+    Markdown table of at most FAILING_ROWS_SHOWN rows) and `failing_rows_sampled` (how many it
+    shows; `dagster_dbt/failed_row_count` says how many failed). Read in one warehouse
+    connection after dbt has exited; a sample that cannot be read is logged, never raised."""
+    failed = [index for index, result in enumerate(results) if _has_stored_rows(result)]
+    samples: dict[int, dict[str, dg.MetadataValue]] = {}
+    if failed:
+        from activation.lib.warehouse import warehouse_connection
+
+        try:
+            nodes = stored_failure_nodes(manifest_path)
+            with warehouse_connection(read_only=True) as session:
+                for index in failed:
+                    name = results[index].check_name
+                    node = nodes.get(_metadata_text(results[index], "unique_id") or "")
+                    if node is None:
+                        log.warning(f"dbt stores no failing rows for {name} (store_failures)")
+                        continue
+                    try:
+                        columns, rows = read_failing_rows(session, node)
+                    except Exception as error:  # noqa: BLE001 - any engine's error: no sample
+                        log.warning(f"Could not read the failing rows of {name}: {error}")
+                        continue
+                    samples[index] = {
+                        "failing_rows": dg.MetadataValue.md(markdown_table(columns, rows)),
+                        "failing_rows_sampled": dg.MetadataValue.int(len(rows)),
+                    }
+        except Exception as error:  # noqa: BLE001 - as above, for the manifest or the connection
+            log.warning(f"Could not read the failing rows of the failed dbt tests: {error}")
+    for index, result in enumerate(results):
+        added = samples.get(index)
+        yield result.with_metadata({**result.metadata, **added}) if added else result
+
+
 def build_dbt_assets() -> dg.AssetsDefinition:
     manifest = dbt_project.manifest_path
     if not manifest.exists():
@@ -116,14 +246,22 @@ def build_dbt_assets() -> dg.AssetsDefinition:
     )
     def dbt_build(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
         # dbt-duckdb holds the warehouse file locked while dbt runs, so the data a mart's tests
-        # judged can only be fingerprinted once dbt has exited: their results wait until then.
+        # judged can only be fingerprinted, and a failed test's stored rows only read, once dbt
+        # has exited: those results wait until then, and dbt's error is raised after them.
         held: list[CheckEvent] = []
-        for event in dbt.cli(["build"], context=context).stream():
-            if _checks_a_mart(event):
+        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        for event in invocation.stream():
+            if _held_until_dbt_exits(event):
                 held.append(event)
             else:
                 yield event
-        yield from with_fingerprints(held, context.log)
+        marts = [r for r in held if _checks_a_mart(r)]
+        others = [r for r in held if not _checks_a_mart(r)]
+        completed = [*with_fingerprints(marts, context.log), *others]
+        yield from with_failing_rows(completed, dbt_project.manifest_path, context.log)
+        error = invocation.get_error()
+        if error is not None:
+            raise error
 
     return dbt_build
 
