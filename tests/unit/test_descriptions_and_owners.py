@@ -8,33 +8,7 @@ without one, a model without `config.meta.owner` as an asset without owners.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import dagster as dg
-import pytest
-
-from tests.unit.test_code_location_snapshot import LISTING, NOWHERE
-
-
-@pytest.fixture(scope="module")
-def location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.Definitions]:
-    from activation.lib.destinations import load_destinations
-    from activation.tooling.demo import prepare_dbt_manifest
-
-    data = tmp_path_factory.mktemp("descriptions_data")
-    shutil.copy(LISTING, data / "airbyte_listing.json")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("ACTIVATION_SANDBOX_URL", raising=False)
-        patch.setenv("ACTIVATION_DATA_DIR", str(data))
-        for name, value in NOWHERE.items():
-            patch.setenv(name, value)
-        load_destinations.cache_clear()
-        prepare_dbt_manifest()
-        from activation.definitions import build_definitions
-
-        yield build_definitions()
-    load_destinations.cache_clear()
 
 
 def _asset_specs(defs: dg.Definitions) -> list[dg.AssetSpec]:
