@@ -19,11 +19,8 @@ import pytest
 
 from activation.core.run_history import failed_blocking_checks, planned_asset_keys
 from activation.dagster_api import events_of_run
-from activation.defs.triggers.mart_updates import (
-    SYNC_JOB_NAME,
-    build_mart_update_sensor,
-    load_cursor,
-)
+from activation.defs.triggers.common import BUILD_JOB_NAME, SYNC_JOB_NAME
+from activation.defs.triggers.mart_updates import build_mart_update_sensor, load_cursor
 from activation.defs.triggers.webhook_events import build_webhook_event_sensor
 from activation.lib.destinations import load_destinations
 from activation.tooling.stack import start_airbyte_job, wait_for_airbyte_job
@@ -87,10 +84,14 @@ def _newest_mart_storage_id(instance: dg.DagsterInstance) -> int:
 
 
 def test_every_trigger_sensor_is_running_by_default_with_a_short_interval() -> None:
-    from activation.defs.triggers.mart_updates import build_automation_definitions
+    from activation.defs.triggers.airbyte_jobs import build_airbyte_job_sensor
 
-    defs = build_automation_definitions(load_destinations())
-    sensors = {s.name: s for s in defs.sensors}
+    built = [
+        build_mart_update_sensor(load_destinations(), SYNC_JOB_NAME),
+        build_airbyte_job_sensor(BUILD_JOB_NAME, [MART]),
+        build_webhook_event_sensor(BUILD_JOB_NAME, [MART]),
+    ]
+    sensors = {s.name: s for s in built}
     assert set(sensors) == {"mart_update_sensor", "airbyte_job_sensor", "webhook_event_sensor"}
     for sensor in sensors.values():
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -34,7 +34,13 @@ from dagster_airbyte import AirbyteWorkspace
 from activation.core.run_history import InFlightRuns
 from activation.dagster_api import AirbyteJob, airbyte_connection_of, airbyte_jobs_for_connection
 from activation.defs.ingest.airbyte import INGEST_GROUP
-from activation.defs.triggers.mart_updates import TRIGGER_TAG, json_object_cursor
+from activation.defs.triggers.common import (
+    BUILD_JOB_NAME,
+    TRIGGER_TAG,
+    json_object_cursor,
+    syncs_by_mart,
+)
+from activation.lib.destinations import load_destinations
 
 AIRBYTE_SENSOR_INTERVAL_SECONDS = 30
 ACTIVE_STATUSES = ("pending", "running", "incomplete")
@@ -180,3 +186,9 @@ def _request(connection: Connection, airbyte_job: AirbyteJob) -> dg.RunRequest:
             AIRBYTE_CONNECTION_TAG: connection.connection_id,
         },
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    marts = list(syncs_by_mart(load_destinations()))
+    return dg.Definitions(sensors=[build_airbyte_job_sensor(BUILD_JOB_NAME, marts)])

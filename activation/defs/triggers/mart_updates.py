@@ -35,7 +35,6 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from activation.components.hightouch_syncs import sync_asset_key
 from activation.core.gate import latest_materialization
 from activation.core.run_history import (
     InFlightRuns,
@@ -43,37 +42,18 @@ from activation.core.run_history import (
     planned_asset_keys,
     run_is_finished,
 )
-from activation.lib.destinations import Destination, load_destinations, mart_asset_key
+from activation.defs.triggers.common import (
+    SYNC_JOB_NAME,
+    TRIGGER_TAG,
+    json_object_cursor,
+    syncs_by_mart,
+)
+from activation.lib.destinations import Destination, load_destinations
 
-SYNC_JOB_NAME = "sync_on_mart_update"
-BUILD_JOB_NAME = "build_after_upstream"
 MART_SENSOR_INTERVAL_SECONDS = 5
-TRIGGER_TAG = "activation/trigger"
 MART_TAG = "activation/mart"
 UPSTREAM_RUN_TAG = "activation/upstream-run"
 PAGE = 100
-
-
-def syncs_by_mart(destinations: Sequence[Destination]) -> dict[dg.AssetKey, list[dg.AssetKey]]:
-    """Mart asset key -> the sync asset keys of the destinations that read it."""
-    marts: dict[dg.AssetKey, list[dg.AssetKey]] = {}
-    for destination in destinations:
-        marts.setdefault(mart_asset_key(destination.mart), []).append(sync_asset_key(destination))
-    return marts
-
-
-def json_object_cursor(cursor: str | None, sensor: str) -> dict:
-    """A sensor's JSON-object cursor (`{}` before the first tick); an unreadable cursor is an
-    error naming the sensor, never a silent reset that would replay or drop events."""
-    if not cursor:
-        return {}
-    try:
-        value = json.loads(cursor)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{sensor} cursor is not JSON: {cursor!r}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{sensor} cursor must be an object: {cursor!r}")
-    return value
 
 
 def load_cursor(cursor: str | None) -> dict[str, int]:
@@ -171,34 +151,6 @@ def build_mart_update_sensor(
     return mart_update_sensor
 
 
-def build_automation_definitions(destinations: Sequence[Destination]) -> dg.Definitions:
-    """The trigger sensors and the jobs they launch (no new resources: they use `airbyte`)."""
-    # Imported here: those modules import this one's tag names.
-    from activation.defs.triggers.airbyte_jobs import build_airbyte_job_sensor
-    from activation.defs.triggers.webhook_events import build_webhook_event_sensor
-
-    mart_keys = list(syncs_by_mart(destinations))
-    sync_job = dg.define_asset_job(
-        SYNC_JOB_NAME,
-        selection=dg.AssetSelection.assets(*(sync_asset_key(d) for d in destinations)),
-        description="Hightouch syncs launched by mart_update_sensor (the sensor picks which).",
-    )
-    upstream_job = dg.define_asset_job(
-        BUILD_JOB_NAME,
-        selection=dg.AssetSelection.groups("transform", "activate"),
-        description="dbt build (blocking tests) then the Hightouch syncs, launched when data "
-        "landed upstream: an Airbyte job started outside Dagster, or a signed webhook.",
-    )
-    return dg.Definitions(
-        jobs=[sync_job, upstream_job],
-        sensors=[
-            build_mart_update_sensor(destinations, SYNC_JOB_NAME),
-            build_airbyte_job_sensor(BUILD_JOB_NAME, mart_keys),
-            build_webhook_event_sensor(BUILD_JOB_NAME, mart_keys),
-        ],
-    )
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_automation_definitions(load_destinations())
+    return dg.Definitions(sensors=[build_mart_update_sensor(load_destinations(), SYNC_JOB_NAME)])

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from activation.core.run_history import InFlightRuns
-from activation.defs.triggers.mart_updates import TRIGGER_TAG
+from activation.defs.triggers.common import BUILD_JOB_NAME, TRIGGER_TAG, syncs_by_mart
+from activation.lib.destinations import load_destinations
 from activation.webhooks import store
 
 WEBHOOK_SENSOR_INTERVAL_SECONDS = 5
@@ -74,3 +75,9 @@ def build_webhook_event_sensor(
         return dg.SensorResult(run_requests=[request], cursor=json.dumps({"seq": event.seq}))
 
     return webhook_event_sensor
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    marts = list(syncs_by_mart(load_destinations()))
+    return dg.Definitions(sensors=[build_webhook_event_sensor(BUILD_JOB_NAME, marts)])
