@@ -129,6 +129,49 @@ def test_sync_alone_after_good_run_passes_the_gate(
     assert after["102"] == before["102"] + 1
 
 
+def test_a_step_without_the_destinations_pool_is_refused_before_any_trigger(
+    good_run: ChainResult, sandbox: SandboxProcess, instance: dg.DagsterInstance
+) -> None:
+    """A job someone adds that syncs a destination from an op without its pool: with the gate
+    open (the previous test synced), the sync path still refuses it and nothing is sent."""
+    from activation.core.sync_path import sync_destination
+    from activation.definitions import build_definitions
+    from activation.lib.destinations import load_destinations
+
+    resources = build_definitions().resources
+    contacts = next(d for d in load_destinations() if d.key == CONTACTS)
+
+    @dg.op(required_resource_keys={"hightouch", "quality_gate"})
+    def poolless_sync(context) -> None:  # type: ignore[no-untyped-def]
+        sync_destination(
+            context,
+            contacts,
+            hightouch=context.resources.hightouch,
+            gate=context.resources.quality_gate,
+            pagerduty=None,
+            slack=None,
+        )
+
+    @dg.job(
+        resource_defs={
+            "hightouch": resources["hightouch"],
+            "quality_gate": dg.ResourceDefinition.hardcoded_resource(resources["quality_gate"]),
+        }
+    )
+    def rogue_sync() -> None:
+        poolless_sync()
+
+    before = sandbox.trigger_counts()
+    result = rogue_sync.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = step_failures(result)
+    assert "Gate open" in " ".join(
+        e.user_message or "" for e in instance.all_logs(result.run_id)
+    ), "the gate must have let it through, so the pool is what refused"
+    assert "holds pool (none), not hightouch_salesforce_contacts" in failure.description
+    assert sandbox.trigger_counts() == before
+
+
 def test_failed_dbt_test_in_earlier_run_blocks_a_hand_launched_sync(
     good_run: ChainResult, sandbox: SandboxProcess, instance: dg.DagsterInstance
 ) -> None:
