@@ -149,7 +149,7 @@ def test_full_resync_runs_in_waves_with_a_pause_and_removes_nothing(world: World
     plan_metadata = _plan_metadata(result)
     assert plan_metadata["reason"].value == "schema change in the marts"
     assert plan_metadata["requested_by"].value == "ops@data"
-    settings = result.output_for_node("resync_plan")
+    settings = result.output_for_node("resync_plan", "settings")
     assert (settings["reason"], settings["requested_by"]) == (
         "schema change in the marts",
         "ops@data",
@@ -181,13 +181,18 @@ def test_full_resync_runs_in_waves_with_a_pause_and_removes_nothing(world: World
 
 
 def _full_resync_config(**config: object) -> dict:
+    """The full_resync form (the job's run config is the form itself, as in the Launchpad)."""
     base = {"reason": "schema change in the marts", "requested_by": "ops@data"}
-    return {"ops": {"resync_plan": {"config": {**base, **config}}}}
+    return {**base, **config}
 
 
 def _plan_metadata(result: dg.ExecuteInProcessResult) -> dict:
     output = next(
-        e for e in result.all_events if e.is_successful_output and e.step_key == "resync_plan"
+        e
+        for e in result.all_events
+        if e.is_successful_output
+        and e.step_key == "resync_plan"
+        and e.step_output_data.output_name == "settings"
     )
     return output.step_output_data.metadata
 
@@ -200,44 +205,26 @@ def _synced_in(result: dg.ExecuteInProcessResult, step_key: str) -> bool:
 
 
 def test_a_bad_wave_override_is_refused_before_any_sync(world: World) -> None:
-    from activation.definitions import build_definitions
-
-    before = world.sandbox.trigger_counts()
-    result = (
-        build_definitions()
-        .resolve_job_def("full_resync")
-        .execute_in_process(
-            instance=world.instance,
-            run_config=_full_resync_config(wave_overrides={"braze_users": 7}, pause_seconds=0),
-            raise_on_error=False,
-        )
-    )
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "wave_overrides" in str(failure.step_failure_data.user_failure_data.description)
-    assert world.sandbox.trigger_counts() == before
+    description = _refusal(world, wave_overrides={"braze_users": 7})
+    assert "wave_overrides.braze_users: 7 is not a declared wave; valid: 1, 2" in description
 
 
 def _refusal(world: World, **config: object) -> str:
-    """Run full_resync with `config`; assert it failed in the plan before any trigger, and
-    return the plan's failure description."""
+    """Launch full_resync with `config`; assert the form was refused before the run existed
+    (no run, no trigger), and return the refusal's message."""
     from activation.definitions import build_definitions
 
     before = world.sandbox.trigger_counts()
-    result = (
-        build_definitions()
-        .resolve_job_def("full_resync")
-        .execute_in_process(
+    runs_before = len(world.instance.get_runs())
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        build_definitions().resolve_job_def("full_resync").execute_in_process(
             instance=world.instance,
             run_config=_full_resync_config(pause_seconds=0, **config),
             raise_on_error=False,
         )
-    )
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "resync_plan"
+    assert len(world.instance.get_runs()) == runs_before
     assert world.sandbox.trigger_counts() == before
-    return str(failure.step_failure_data.user_failure_data.description)
+    return str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +250,7 @@ def test_a_wave_override_against_the_declared_order_is_refused_before_any_sync(
 @pytest.mark.parametrize("field", ["reason", "requested_by"])
 def test_a_full_resync_without_a_reason_or_requester_is_refused(world: World, field: str) -> None:
     description = _refusal(world, **{field: "   "})
-    assert f"{field} must not be empty" in description
+    assert f"{field}: must not be empty" in description
 
 
 def test_the_full_resync_form_requires_reason_and_requested_by(world: World) -> None:
@@ -273,7 +260,7 @@ def test_the_full_resync_form_requires_reason_and_requested_by(world: World) -> 
     with pytest.raises(dg.DagsterInvalidConfigError) as error:
         job.execute_in_process(
             instance=world.instance,
-            run_config={"ops": {"resync_plan": {"config": {"pause_seconds": 0}}}},
+            run_config={"pause_seconds": 0},
         )
     assert "reason" in str(error.value) and "requested_by" in str(error.value)
 
@@ -299,15 +286,9 @@ def test_a_one_off_resync_records_who_asked_and_why(world: World) -> None:
         .execute_in_process(
             instance=world.instance,
             run_config={
-                "ops": {
-                    "resync_request": {
-                        "config": {
-                            "destination": "braze_users",
-                            "reason": "schema change in braze attributes",
-                            "requested_by": "dana@lifecycle",
-                        }
-                    }
-                }
+                "destination": "braze_users",
+                "reason": "schema change in braze attributes",
+                "requested_by": "dana@lifecycle",
             },
             tags={"dagster/user": "dana@example.com"},
             raise_on_error=False,
@@ -332,13 +313,7 @@ def _launch_resync(instance_ref: object, destination_key: str) -> None:
     would share Python's logging locks, which Dagster's in-process executor does not expect)."""
     from activation.definitions import build_definitions
 
-    config = {
-        "ops": {
-            "resync_request": {
-                "config": {"destination": destination_key, "reason": "pool", "requested_by": "ci"}
-            }
-        }
-    }
+    config = {"destination": destination_key, "reason": "pool", "requested_by": "ci"}
     with dg.DagsterInstance.from_ref(instance_ref) as instance:  # type: ignore[arg-type]
         build_definitions().resolve_job_def("resync_destination").execute_in_process(
             instance=instance, run_config=config, tags={POOL_TEST_TAG: "pool"}, raise_on_error=False

@@ -5,14 +5,20 @@ HubSpot 100 per batch) unless it runs in waves. The waves are a static graph bui
 `wave` numbers in destinations.yaml: one op per destination and wave slot, a pause op between
 slots. Each op carries its destination's concurrency pool, so a resync never overlaps another
 run's sync of the same destination. The Launchpad form chooses which destinations take part,
-may move a destination to another declared slot (never before one it is declared `after`), flips
-full vs incremental, sets the pause, and requires a reason and the requester.
+may move a destination to another declared slot (never into or before the wave of one it is
+declared `after`), flips full vs incremental, sets the pause, and requires a reason and the
+requester.
+
+The form is checked by the job's config mapping before the run exists: a mistake is refused
+with each field named and its valid values, and nothing starts. `resync_plan` then yields one
+output per planned slot; the ops of the other slots are skipped and never take a pool slot.
 
 A destination's failure does not stop the waves: its op records the failure and the next waves
 go on (only the destinations declared `after` it are skipped).
 """
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
@@ -20,23 +26,21 @@ from dagster import OpExecutionContext
 from pydantic import Field
 
 from activation.components.hightouch_syncs import PARALLEL_SYNCS
-from activation.core.run_summary import (
-    FULL_RESYNC_JOB,
+from activation.core.forms import (
+    blank_fields,
+    mapped_form,
+    refuse_field_errors,
+    unknown_value,
+    valid_values,
 )
+from activation.core.run_summary import FULL_RESYNC_JOB
 from activation.core.sync_path import SyncOptions
-from activation.defs.resync.shared import (
-    DID_NOT_SYNC,
-    NOT_IN_THIS_RUN,
-    ResyncPlan,
-    report_outcomes,
-    resync_op,
-)
+from activation.defs.resync.shared import ResyncPlan, did_not_sync, report_outcomes, resync_op
 from activation.lib.destinations import Destination, load_destinations
 from activation.lib.notify import SyncOutcome
-from activation.resources import (
-    PagerDutyResource,
-    SlackWebhookResource,
-)
+from activation.resources import PagerDutyResource, SlackWebhookResource
+
+PLAN_OP = "resync_plan"
 
 
 class FullResyncConfig(dg.Config):
@@ -59,79 +63,128 @@ class FullResyncConfig(dg.Config):
     wave_overrides: dict[str, int] = Field(
         default={},
         description="Move a destination to another wave for this run only, e.g. "
-        '{"hubspot_contacts": 2}. Waves come from destinations.yaml; a wave number must be one '
-        "of the declared ones, and later than the wave of every destination it is declared "
-        "`after`.",
+        '{"hubspot_contacts": 2}. Only for destinations taking part. The wave must be one '
+        "declared in destinations.yaml, later than the wave of every destination it is declared "
+        "`after`, and earlier than the wave of every destination declared `after` it.",
     )
     pause_seconds: float = Field(
         default=60.0,
-        ge=0,
-        description="Pause between two waves, so destination rate limits recover.",
+        description="Pause between two waves, in seconds (0 or more), so destination rate "
+        "limits recover.",
     )
 
 
-def declared_waves(destinations: tuple[Destination, ...]) -> list[int]:
+def declared_waves(destinations: Iterable[Destination]) -> list[int]:
     return sorted({d.wave for d in destinations})
 
 
-def plan_waves(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> dict[str, int]:
-    """Destination key -> wave for this run; raises naming the bad field and value."""
-    blank = [name for name in ("reason", "requested_by") if not getattr(config, name).strip()]
-    if blank:
-        raise dg.Failure(
-            description=f"full_resync config: {' and '.join(blank)} must not be empty. "
-            "Nothing was synced.",
-            allow_retries=False,
-        )
+def _fitting_waves(
+    key: str, plan: dict[str, int], destinations: tuple[Destination, ...], waves: list[int]
+) -> list[int]:
+    """The declared waves `key` could take, the other destinations staying where `plan` puts
+    them: after every planned destination it runs after, before every one that runs after it."""
+    upstream = [plan[k] for d in destinations if d.key == key for k in d.after if k in plan]
+    downstream = [plan[d.key] for d in destinations if key in d.after and d.key in plan]
+    return [w for w in waves if all(u < w for u in upstream) and all(w < v for v in downstream)]
+
+
+def _order_problems(
+    config: FullResyncConfig, plan: dict[str, int], destinations: tuple[Destination, ...]
+) -> list[str]:
+    """A destination's op only sees the results of earlier waves, so one placed in the same wave
+    as (or before) a destination it is declared `after` would sync without waiting for it."""
+    waves = declared_waves(destinations)
+    found = []
+    for destination in destinations:
+        key = destination.key
+        for upstream in destination.after:
+            if key not in plan or upstream not in plan or plan[upstream] < plan[key]:
+                continue
+            clash = (
+                f"{key} (wave {plan[key]}) is declared after {upstream} (wave {plan[upstream]}) "
+                "and must run in a later wave"
+            )
+            moved = [k for k in (key, upstream) if k in config.wave_overrides]
+            if not moved:
+                found.append(f"destinations.yaml: {clash}; move one of them with wave_overrides")
+            for k in moved:
+                fitting = _fitting_waves(k, plan, destinations, waves)
+                found.append(
+                    f"wave_overrides.{k}: {clash}; "
+                    + valid_values(fitting, none="(no declared wave fits; change the other one)")
+                )
+    return found
+
+
+def form_problems(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> list[str]:
+    """What is wrong with the form, naming each field and its valid values (empty: usable)."""
     keys = [d.key for d in destinations]
     waves = declared_waves(destinations)
-    unknown = [k for k in [*config.destinations, *config.wave_overrides] if k not in keys]
-    if unknown:
-        raise dg.Failure(
-            description=f"full_resync config: unknown destination(s) {', '.join(unknown)}; "
-            f"declared: {', '.join(keys)}. Nothing was synced.",
-            allow_retries=False,
-        )
-    bad = {k: w for k, w in config.wave_overrides.items() if w not in waves}
-    if bad:
-        raise dg.Failure(
-            description=f"full_resync config: wave_overrides {bad} name a wave that is not "
-            f"declared (declared waves: {waves}). Nothing was synced.",
-            allow_retries=False,
-        )
-    chosen = set(config.destinations or keys)
-    plan = {
+    found = blank_fields(config, "reason", "requested_by")
+    if config.pause_seconds < 0:
+        found.append(f"pause_seconds: {config.pause_seconds:g} is negative; valid: 0 or more")
+    found += [
+        unknown_value("destinations", key, "a declared destination", keys)
+        for key in config.destinations
+        if key not in keys
+    ]
+    chosen = [k for k in keys if k in (config.destinations or keys)]
+    selection_known = all(k in keys for k in config.destinations)
+    for key, wave in config.wave_overrides.items():
+        field = f"wave_overrides.{key}"
+        if key not in keys:
+            found.append(unknown_value(field, key, "a declared destination", keys))
+        elif selection_known and key not in chosen:
+            found.append(
+                f"{field}: {key} does not take part in this run (destinations); "
+                + valid_values(chosen)
+            )
+        elif wave not in waves:
+            found.append(unknown_value(field, wave, "a declared wave", waves))
+    if found:  # the order can only be judged on known destinations and waves
+        return found
+    return _order_problems(config, _plan(config, destinations), destinations)
+
+
+def _plan(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> dict[str, int]:
+    chosen = set(config.destinations) or {d.key for d in destinations}
+    return {
         d.key: config.wave_overrides.get(d.key, d.wave) for d in destinations if d.key in chosen
     }
-    # A destination's op only sees the results of earlier waves, so one placed in the same wave
-    # as (or before) a destination it is declared `after` would sync without waiting for it.
-    misordered = [
-        f"{d.key} (wave {plan[d.key]}) is declared after {upstream} (wave {plan[upstream]})"
-        for d in destinations
-        if d.key in plan
-        for upstream in d.after
-        if upstream in plan and plan[upstream] >= plan[d.key]
-    ]
-    if misordered:
+
+
+def plan_waves(config: FullResyncConfig, destinations: tuple[Destination, ...]) -> dict[str, int]:
+    """Destination key -> wave for this run; raises naming each bad field and its valid values
+    (the form mapping refused these before the run; kept for a run that bypassed it)."""
+    problems = form_problems(config, destinations)
+    if problems:
         raise dg.Failure(
-            description="full_resync config: the waves (after wave_overrides) break the "
-            "declared order: "
-            + "; ".join(misordered)
-            + ". A destination must run in a later wave than those it is declared after. "
-            "Nothing was synced.",
+            description="The full_resync form is invalid: "
+            + "; ".join(problems)
+            + ". Nothing was synced.",
             allow_retries=False,
         )
-    return plan
+    return _plan(config, destinations)
 
 
 def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefinition:
     waves = declared_waves(destinations)
+    # One op, and one conditional output of the plan, per wave slot of each destination.
+    slots = {(wave, d.key): f"wave{wave}__{d.key}" for wave in waves for d in destinations}
 
     @dg.op(
-        name="resync_plan",
-        description="Checks the form and fixes which destination runs in which wave.",
+        name=PLAN_OP,
+        out={
+            "settings": dg.Out(dict, description="The plan and the form's choices."),
+            **{
+                slot: dg.Out(dict, is_required=False, description=f"Starts {slot}.")
+                for slot in slots.values()
+            },
+        },
+        description="Fixes which destination runs in which wave and starts only those slots "
+        "(the other slots are skipped and hold no pool).",
     )
-    def plan(context: OpExecutionContext, config: FullResyncConfig) -> dict:
+    def plan(context: OpExecutionContext, config: FullResyncConfig):
         plan = plan_waves(config, destinations)
         reason, requested_by = config.reason.strip(), config.requested_by.strip()
         context.log.info(
@@ -142,33 +195,33 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
             + f"; pause {config.pause_seconds:g} s; full_resync={config.full_resync}"
             + f"; requested by {requested_by}: {reason}"
         )
-        context.add_output_metadata(
-            {
-                "reason": reason,
-                "requested_by": requested_by,
-                # A claim, like any tag: open-source Dagster does not authenticate users.
-                "dagster_user": context.run.tags.get("dagster/user") or "not set",
-                "plan": dg.MetadataValue.json(plan),
-                "full_resync": config.full_resync,
-            }
-        )
-        return {
+        settings = {
             "plan": plan,
             "full_resync": config.full_resync,
             "pause": config.pause_seconds,
             "reason": reason,
             "requested_by": requested_by,
         }
+        yield dg.Output(
+            settings,
+            output_name="settings",
+            metadata={
+                "reason": reason,
+                "requested_by": requested_by,
+                # A claim, like any tag: open-source Dagster does not authenticate users.
+                "dagster_user": context.run.tags.get("dagster/user") or "not set",
+                "plan": dg.MetadataValue.json(plan),
+                "full_resync": config.full_resync,
+            },
+        )
+        for key, wave in plan.items():
+            yield dg.Output(settings, output_name=slots[(wave, key)])
 
     def destination_op(destination: Destination, wave: int) -> dg.OpDefinition:
         def decide(inputs: dict[str, Any]) -> SyncOutcome | ResyncPlan:
             settings, earlier = inputs["settings"], inputs["earlier"]
-            if destination.key not in settings["plan"]:
-                return SyncOutcome(destination.key, "not selected", None, None)
-            if settings["plan"][destination.key] != wave:
-                return SyncOutcome(destination.key, "other wave", None, None)
             done = {r.destination: r for r in earlier}
-            broken = [k for k in destination.after if k in done and done[k].status in DID_NOT_SYNC]
+            broken = [k for k in destination.after if k in done and did_not_sync(done[k].status)]
             if broken:
                 return SyncOutcome(
                     destination.key,
@@ -181,8 +234,9 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
 
         return resync_op(
             destination,
-            name=f"wave{wave}__{destination.key}",
-            description=f"Resync {destination.key} if it belongs to wave {wave}.",
+            name=slots[(wave, destination.key)],
+            description=f"Resync {destination.key} in wave {wave}; runs only when the plan puts "
+            "it there.",
             inputs=("settings", "earlier"),
             decide=decide,
         )
@@ -190,13 +244,15 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
     @dg.op(
         name="wave_pause", description="Gathers a wave's results and pauses before the next wave."
     )
-    def pause(context: OpExecutionContext, settings: dict, earlier: list, wave: list) -> list:
-        results = [*earlier, *wave]
-        ran = any(r.status not in NOT_IN_THIS_RUN for r in wave)
-        if ran and settings["pause"] > 0:
+    def pause(context: OpExecutionContext, settings: dict, results: list) -> list:
+        # `results`: the results so far (one list, never skipped) and the outcome of each of
+        # this wave's ops that ran (the others were skipped and are absent).
+        wave = [r for r in results if isinstance(r, SyncOutcome)]
+        earlier = [r for item in results if isinstance(item, list) for r in item]
+        if wave and settings["pause"] > 0:
             context.log.info(f"Wave done; pausing {settings['pause']:g} s before the next one.")
             time.sleep(settings["pause"])
-        return results
+        return [*earlier, *wave]
 
     @dg.op(
         name="resync_report", description="Posts the summary, pages failed destinations' owners."
@@ -215,26 +271,32 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
     def start() -> list:
         return []
 
-    @dg.op(name="wave_results", description="Collects the results of one wave.")
-    def collect_wave(results: list[SyncOutcome]) -> list:
-        return list(results)
+    @dg.config_mapping
+    def full_resync_form(config: FullResyncConfig) -> dict:
+        """One Launchpad form for the whole job, checked before the run is created."""
+        problems = form_problems(config, destinations)
+        return mapped_form(FULL_RESYNC_JOB, config, problems, [PLAN_OP])
 
     @dg.graph
     def full_resync_graph():
-        settings = plan()
+        planned = plan()
         earlier = start()
         for wave in waves:
-            ops = [
-                destination_op(d, wave)(settings=settings, earlier=earlier) for d in destinations
+            ran = [
+                destination_op(d, wave)(
+                    settings=getattr(planned, slots[(wave, d.key)]), earlier=earlier
+                )
+                for d in destinations
             ]
-            wave_results = collect_wave.alias(f"collect_wave{wave}")(ops)
-            earlier = pause.alias(f"after_wave{wave}")(settings, earlier, wave_results)
+            earlier = pause.alias(f"after_wave{wave}")(planned.settings, [earlier, *ran])
         report(earlier)
 
     return full_resync_graph.to_job(
         name=FULL_RESYNC_JOB,
         description="Resync destinations in throttled waves (waves from destinations.yaml), with "
-        "a pause between waves and one summary at the end.",
+        "a pause between waves and one summary at the end. The form is checked before the run "
+        "is created.",
+        config=refuse_field_errors(FULL_RESYNC_JOB, full_resync_form),
         executor_def=PARALLEL_SYNCS,
     )
 
