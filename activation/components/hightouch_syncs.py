@@ -7,17 +7,26 @@ the one declaration, checked against the dbt manifest when it loads.
 Each sync asset sits downstream of its mart, so inside a run a failed blocking dbt test stops it
 before it triggers anything. Its materialization carries the Hightouch run id, a link to the run
 and the planned / successful / failed added / changed / removed counts.
+
+Its checks are the sync path's pre-sync decisions (activation/core/verdicts.py). A sync they hold
+back ends its step without a materialization: the run does not fail, the asset keeps its last
+sync, and the failed check names what refused. Its output is therefore optional, which also
+skips the syncs declared `after` it.
 """
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
 
+from activation.core.contract import contract_check_spec, sync_column_metadata
 from activation.core.dbt_project import dbt_project
+from activation.core.gate import gate_check_spec
 from activation.core.sync_path import SyncOptions, sync_destination
+from activation.core.verdicts import PreSyncVerdict, SyncHeldBack
 from activation.lib.destinations import (
     Destination,
     load_destinations,
@@ -89,9 +98,13 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         tags={"destination": destination.destination_type},
         pool=destination.pool,
         retry_policy=sync_retry_policy(),
+        check_specs=[gate_check_spec(destination), contract_check_spec(destination)],
+        output_required=False,
         description=destination.description
         or f"Hightouch sync of {destination.mart} to {destination.destination_type}.",
         metadata={
+            # Destination fields, their types and the mart column feeding each (manifest only).
+            **sync_column_metadata(destination, dbt_project.manifest_path),
             "mart": destination.mart,
             "primary_key": destination.primary_key,
             "mapped_columns": ", ".join(destination.mapped_columns),
@@ -106,19 +119,31 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         pagerduty: PagerDutyResource,
         slack: SlackWebhookResource,
         quality_gate: dg.ResourceParam[QualityGate],
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         # The one sync path: the gate reads check results across runs, so whatever launched
         # this step, untested, failed or changed marts stop it before anything reaches Hightouch.
-        result = sync_destination(
-            context,
-            destination,
-            hightouch=hightouch,
-            gate=quality_gate,
-            pagerduty=pagerduty,
-            slack=slack,
-            options=SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc),
-        )
-        return dg.MaterializeResult(metadata=result.metadata)
+        decided: list[PreSyncVerdict] = []
+        try:
+            result = sync_destination(
+                context,
+                destination,
+                hightouch=hightouch,
+                gate=quality_gate,
+                pagerduty=pagerduty,
+                slack=slack,
+                options=SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc),
+                verdicts=decided,
+            )
+        except SyncHeldBack:
+            # Held back, not failed: the checks say why, and no materialization is recorded.
+            yield from (verdict.check_result() for verdict in decided)
+            return
+        except BaseException:
+            # The decisions taken before the failure stay on record.
+            yield from (verdict.check_result() for verdict in decided)
+            raise
+        yield from (verdict.check_result() for verdict in decided)
+        yield dg.MaterializeResult(metadata=result.metadata)
 
     return _sync
 

@@ -2,7 +2,7 @@
 
 Blocking asset checks stop downstream steps inside one run only. A sync launched in another run
 (a sensor, automation, or a hand launch of the sync asset alone) would otherwise push whatever the
-mart holds. `enforce_gate` is therefore the first thing every sync asset does, before any HTTP to
+mart holds. `gate_verdict` is therefore the first thing every sync does, before any HTTP to
 Hightouch: for every asset upstream of the sync (the marts and the models they are built from) it
 reads, from the Dagster instance, the latest evaluation of each blocking check and refuses when
 
@@ -37,6 +37,7 @@ from activation.core.guards import (
     recorded_fingerprints,
 )
 from activation.core.paging import GatePager
+from activation.core.verdicts import GATE_CHECK, PreSyncVerdict, SyncHeldBack
 from activation.dagster_api import CheckEntry, check_history, run_location
 from activation.lib.destinations import Destination, mart_asset_key, sync_asset_key_for
 from activation.lib.warehouse import WarehouseError, warehouse_connection
@@ -45,8 +46,9 @@ from activation.resources import PagerDutyResource, QualityGate, SlackWebhookRes
 __all__ = [
     "GateClosed",
     "PagerDutyResource",
-    "enforce_gate",
+    "gate_check_spec",
     "gate_refusals",
+    "gate_verdict",
     "resolve_gate_page",
 ]
 
@@ -72,6 +74,8 @@ class CheckRecord:
     """What the check judged, per destination reading the asset (None: nothing recorded)."""
     ignored: tuple[str, ...] = ()
     """Why newer evaluations were not counted (each a sentence), newest first."""
+    failing_rows: str | None = None
+    """The failed check's sample of failing rows (a Markdown table), when it carries one."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Refusal:
     check: dg.AssetCheckKey
     result: str
     run_id: str | None
+    failing_rows: str | None = None
 
     @property
     def check_name(self) -> str:
@@ -98,26 +103,90 @@ class Refusal:
         return f"check {self.check_name} {self.result}{where}"
 
 
-class GateClosed(dg.Failure):
+def refusal_sentence(destination: Destination, refusals: Sequence[Refusal]) -> str:
+    return (
+        f"Sync {destination.key} refused to trigger Hightouch: "
+        + "; ".join(r.sentence() for r in refusals)
+        + ". Nothing was sent. Fix the data and rebuild the mart with its checks "
+        "(the `activate` job does both)."
+    )
+
+
+def refused_checks_metadata(refusals: Sequence[Refusal]) -> dg.MetadataValue:
+    return dg.MetadataValue.json(
+        [{"check": r.check_name, "result": r.result, "run_id": r.run_id} for r in refusals]
+    )
+
+
+def refusals_table(refusals: Sequence[Refusal]) -> str:
+    """Markdown: each refusing check, its result and a link to the run that produced it (a
+    relative link, so it opens in whatever webserver shows it)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")[:300]
+
+    rows = [
+        f"| `{r.check_name}` | {cell(r.result)} | "
+        + (f"[{r.run_id[:8]}](/runs/{r.run_id})" if r.run_id else "-")
+        + " |"
+        for r in refusals
+    ]
+    return "| refusing check | result | run |\n|---|---|---|\n" + "\n".join(rows)
+
+
+def gate_check_spec(destination: Destination) -> dg.AssetCheckSpec:
+    """The `quality_gate` check every sync asset carries (see activation/core/verdicts.py)."""
+    return dg.AssetCheckSpec(
+        GATE_CHECK,
+        asset=sync_asset_key_for(destination.key),
+        description=f"Before anything is sent to {destination.destination_type}: every "
+        f"blocking check upstream of this sync passed, in a run of this code location, on the "
+        f"rows {destination.mart} holds now. Fails, naming each refusing check, when the sync "
+        "is held back.",
+    )
+
+
+def verdict_of(destination: Destination, refusals: Sequence[Refusal]) -> PreSyncVerdict:
+    """The `quality_gate` evaluation for these refusals (none: the gate is open)."""
+    if not refusals:
+        return PreSyncVerdict(
+            GATE_CHECK,
+            passed=True,
+            description=f"Every blocking check upstream of {destination.key} passed on the "
+            "data the mart holds now.",
+        )
+    metadata: dict[str, dg.MetadataValue] = {
+        "refusing_checks": dg.MetadataValue.md(refusals_table(refusals)),
+        "refused_checks": refused_checks_metadata(refusals),
+    }
+    sample = next((r for r in refusals if r.failing_rows), None)
+    if sample is not None:
+        metadata["failing_rows"] = dg.MetadataValue.md(
+            f"Failing rows of `{sample.check_name}`:\n\n{sample.failing_rows}"
+        )
+    return PreSyncVerdict(
+        GATE_CHECK,
+        passed=False,
+        description=refusal_sentence(destination, refusals),
+        metadata=metadata,
+        refusing=tuple(r.check_name for r in refusals),
+    )
+
+
+class GateClosed(SyncHeldBack):
     """The sync refused to trigger; `refusals` says which checks and why."""
 
-    def __init__(self, destination: Destination, refusals: list[Refusal]) -> None:
+    def __init__(
+        self,
+        destination: Destination,
+        refusals: list[Refusal],
+        verdicts: list[PreSyncVerdict] | None = None,
+    ) -> None:
         self.refusals = refusals
         super().__init__(
-            description=f"Sync {destination.key} refused to trigger Hightouch: "
-            + "; ".join(r.sentence() for r in refusals)
-            + ". Nothing was sent. Fix the data and rebuild the mart with its checks "
-            "(the `activate` job does both).",
-            metadata={
-                "refused_checks": dg.MetadataValue.json(
-                    [
-                        {"check": r.check_name, "result": r.result, "run_id": r.run_id}
-                        for r in refusals
-                    ]
-                ),
-                "destination": destination.key,
-            },
-            allow_retries=False,
+            destination,
+            verdicts or [verdict_of(destination, refusals)],
+            metadata={"refused_checks": refused_checks_metadata(refusals)},
         )
 
 
@@ -205,10 +274,16 @@ def latest_check_record(
                 {name: value.value for name, value in evaluation.metadata.items()}
             ),
             ignored=tuple(ignored),
+            failing_rows=_text(evaluation.metadata.get("failing_rows")),
         )
     if planned is not None:
         return CheckRecord("planned", planned.run_id, recorded_at=planned.created)
     return CheckRecord("never", "", ignored=tuple(ignored)) if ignored else None
+
+
+def _text(value: dg.MetadataValue | None) -> str | None:
+    text = getattr(value, "value", None)
+    return text if isinstance(text, str) else None
 
 
 def latest_materialization(
@@ -286,7 +361,7 @@ def judge_check(
         )
     if record.status == "failed" and record.severity == "ERROR":
         detail = f": {record.description}" if record.description else ""
-        return Refusal(check, f"failed{detail}", record.run_id)
+        return Refusal(check, f"failed{detail}", record.run_id, record.failing_rows)
     if materialization is not None and not _evaluated_latest(record, materialization):
         return Refusal(
             check,
@@ -387,17 +462,18 @@ def gate_refusals(
     return refusals
 
 
-def enforce_gate(
+def gate_verdict(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     destination: Destination,
     *,
     gate: QualityGate,
     pagerduty: PagerDutyResource | None = None,
     slack: SlackWebhookResource | None = None,
-) -> None:
-    """Raise `GateClosed` (a `dg.Failure`) unless every upstream blocking check passed on the
-    data the mart holds now. Call it first in a sync asset, before any request to Hightouch;
-    `gate` is the `quality_gate` resource (which checks gate which sync).
+) -> tuple[PreSyncVerdict, list[Refusal]]:
+    """The `quality_gate` decision for this sync: passed when every upstream blocking check
+    passed on the data the mart holds now, else failed, naming each refusing check, its result
+    and run, with a sample of the failing rows. Taken first on the sync path, before any request
+    to Hightouch; `gate` is the `quality_gate` resource (which checks gate which sync).
 
     `pagerduty` / `slack` page the owner on a refusal (once per refused sync; the same refusing
     checks again page nobody); without them the gate still holds and says paging is off. An open
@@ -407,14 +483,14 @@ def enforce_gate(
     refusals = gate_refusals(context.instance, gate, destination, run=context.run, ignored=ignored)
     for reason in ignored:
         context.log.warning(f"Gate {destination.key}: not counted as evidence: {reason}")
+    verdict = verdict_of(destination, refusals)
     if not refusals:
         context.log.info(f"Gate open for {destination.key}: every upstream blocking check passed")
-        return
-    closed = GateClosed(destination, refusals)
-    context.log.error(closed.description or "gate closed")
+        return verdict, refusals
+    context.log.error(verdict.description)
     pager = GatePager.from_step(context, destination, pagerduty=pagerduty, slack=slack)
     _never_fail(context, lambda: pager.page_refusals(refusals))
-    raise closed
+    return verdict, refusals
 
 
 def resolve_gate_page(

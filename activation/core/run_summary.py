@@ -9,6 +9,12 @@ materialization of the `activate/activation_report` asset (so it is in the UI, l
 run), and page the owner of each destination whose sync failed, and only that owner. A page is
 resolved when the destination's next sync succeeds. Gate refusals are paged by the gate itself.
 
+A held-back sync is reported "blocked by <check>", never "skipped" nor "failed": its step yielded
+a failed pre-sync check (activation/core/verdicts.py), an op failed with `SyncHeldBack`, or the
+sync never started because a blocking check upstream failed earlier in the run. In that last
+case the summary asks the gate which checks refuse now, and records that as the sync asset's
+`quality_gate` evaluation, so the sync's own page names them too.
+
 `report_run` is the function both sensors call; the demo calls it too, right after its
 in-process run, where no daemon runs sensors.
 """
@@ -19,16 +25,18 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from activation.core.gate import gate_refusals, verdict_of
 from activation.core.paging import (
     PagerDutyResource,
     page_sync_failure,
     resolve_page,
     sync_failure_key,
 )
+from activation.core.verdicts import BLOCKED_BY, GATE_CHECK
 from activation.dagster_api import events_of_run
-from activation.lib.destinations import SYNC_KEY_PREFIX, Destination
+from activation.lib.destinations import SYNC_KEY_PREFIX, Destination, sync_asset_key_for
 from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
-from activation.resources import SlackWebhookResource
+from activation.resources import QualityGate, SlackWebhookResource
 
 REPORT_KEY = dg.AssetKey([SYNC_KEY_PREFIX, "activation_report"])
 FULL_RESYNC_JOB = "full_resync"
@@ -79,10 +87,29 @@ def outcome_from_metadata(
     )
 
 
+def _sync_key_of(asset_key: dg.AssetKey | None, by_key: Mapping[str, Destination]) -> str | None:
+    path = asset_key.path if asset_key else []
+    if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
+        return path[1]
+    return None
+
+
+def _text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
+    found = metadata.get(name)
+    return str(found.value) if found is not None else ""
+
+
 def summarize_run(
-    instance: dg.DagsterInstance, run_id: str, destinations: Sequence[Destination]
+    instance: dg.DagsterInstance,
+    run_id: str,
+    destinations: Sequence[Destination],
+    gate: QualityGate | None = None,
 ) -> RunReport | None:
-    """Each destination's outcome in the run, or None when the run touched no sync."""
+    """Each destination's outcome in the run, or None when the run touched no sync.
+
+    With `gate`, a planned sync that never started is checked against the gate now: when it
+    refuses, the sync is "blocked by" its refusing checks and the sync asset's `quality_gate`
+    evaluation records them (once per run and sync)."""
     run = instance.get_run_by_id(run_id)
     if run is not None and run.job_name in SELF_REPORTING_JOBS:
         return None
@@ -91,24 +118,33 @@ def summarize_run(
     failed: dict[str, SyncOutcome] = {}
     failures: dict[str, str] = {}
     planned: set[str] = set()
+    gate_decided: set[str] = set()
     for entry in events_of_run(instance, run_id):
         event = entry.dagster_event
         if event is None:
             continue
         # Dagster records, at run start, every asset the run plans to materialize: whatever
         # the job, a planned sync with no outcome was skipped.
-        if (
-            event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-            and event.asset_key
-        ):
-            path = event.asset_key.path
-            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
-                planned.add(path[1])
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+            key = _sync_key_of(event.asset_key, by_key)
+            if key:
+                planned.add(key)
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.asset_check_evaluation_data
+            key = _sync_key_of(evaluation.asset_key, by_key)
+            if key and evaluation.check_name == GATE_CHECK:
+                gate_decided.add(key)
+            if key and not evaluation.passed and evaluation.severity.value == "ERROR":
+                # A pre-sync check refused: the sync was held back, nothing was sent.
+                names = _text(evaluation.metadata, BLOCKED_BY) or evaluation.check_name
+                failed[key] = SyncOutcome(
+                    key, f"blocked by {names}", None, None, detail=evaluation.description or ""
+                )
         materialization = entry.asset_materialization
         if materialization is not None:
-            path = materialization.asset_key.path
-            if len(path) == 2 and path[0] == SYNC_KEY_PREFIX and path[1] in by_key:
-                synced[path[1]] = outcome_from_metadata(path[1], materialization.metadata)
+            key = _sync_key_of(materialization.asset_key, by_key)
+            if key:
+                synced[key] = outcome_from_metadata(key, materialization.metadata)
         if event.is_step_failure and event.step_failure_data is not None:
             data = event.step_failure_data
             meta = dict(data.user_failure_data.metadata) if data.user_failure_data else {}
@@ -123,11 +159,11 @@ def summarize_run(
                 if data.user_failure_data and data.user_failure_data.description
                 else (data.error.message.strip() if data.error else "step failed")
             )
-            blocked = "refused_checks" in meta
+            blocked = _text(meta, BLOCKED_BY)
             failed[key] = outcome_from_metadata(
                 key,
                 meta,
-                status="blocked by the quality gate" if blocked else "failed",
+                status=f"blocked by {blocked}" if blocked else "failed",
                 detail=reason,
             )
             if not blocked:
@@ -142,17 +178,40 @@ def summarize_run(
         elif destination.key in failed:
             outcomes.append(failed[destination.key])
         elif destination.key in planned:
-            upstream = ", ".join(destination.after) or destination.mart
             outcomes.append(
-                SyncOutcome(
-                    destination.key,
-                    "skipped",
-                    None,
-                    None,
-                    detail=f"not run because an upstream step failed ({upstream})",
-                )
+                _not_started(instance, run, destination, gate, destination.key in gate_decided)
             )
     return RunReport(run_id, tuple(outcomes), failures)
+
+
+def _not_started(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun | None,
+    destination: Destination,
+    gate: QualityGate | None,
+    gate_decided: bool,
+) -> SyncOutcome:
+    """A planned sync whose step never ran: blocked by what its gate refuses now, else skipped."""
+    refusals = gate_refusals(instance, gate, destination, run=run) if gate is not None else []
+    if not refusals:
+        upstream = ", ".join(destination.after) or destination.mart
+        return SyncOutcome(
+            destination.key,
+            "skipped",
+            None,
+            None,
+            detail=f"not run because an upstream step failed ({upstream})",
+        )
+    verdict = verdict_of(destination, refusals)
+    if not gate_decided:
+        instance.report_runless_asset_event(verdict.evaluation(sync_asset_key_for(destination.key)))
+    return SyncOutcome(
+        destination.key,
+        "blocked by " + ", ".join(verdict.refusing),
+        None,
+        None,
+        detail="not started: a blocking check upstream refused",
+    )
 
 
 def _previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -172,9 +231,10 @@ def report_run(
     slack: SlackWebhookResource | None,
     pagerduty: PagerDutyResource | None,
     log: logging.Logger | dg.DagsterLogManager,
+    gate: QualityGate | None = None,
 ) -> RunReport | None:
     """Summarize the run, post it, record it, page the failed destinations' owners."""
-    report = summarize_run(instance, run_id, destinations)
+    report = summarize_run(instance, run_id, destinations, gate)
     if report is None:
         return None
     previous = _previous_statuses(instance)

@@ -3,15 +3,22 @@
 
 In order, for one destination (its production sync, or the staging twin the promote job runs):
 
-1. the quality gate (`activation.core.gate.enforce_gate`): the upstream blocking checks passed, in a
-   run of this code location, on the data the mart holds now; otherwise nothing is sent;
+1. the quality gate (`activation.core.gate.gate_verdict`, the sync asset's `quality_gate` check):
+   the upstream blocking checks passed, in a run of this code location, on the data the mart
+   holds now;
 2. the destination's concurrency pool: the calling step must carry `hightouch_<key>`, so two
    runs never sync one destination at once (checked here, so a new job cannot forget it);
-3. re-attach or trigger once (below);
-4. follow the run to its end;
+3. the schema contract (`activation.core.contract.contract_verdict`, the `schema_contract`
+   check): the mapped columns exist with the types of the last successful sync, and the live
+   Hightouch mappings match destinations.yaml;
+4. re-attach or trigger once (below), then follow the run to its end;
 5. the destination's failed-rows policy;
 6. after a production sync: the snapshot the guards compare the next sync with, the asset
    materialization when the caller is an op, and the resolve of the owner's gate page.
+
+When 1 or 3 refuses, nothing is sent (activation/core/verdicts.py): an asset step yields both
+checks and ends without a materialization (held back, not failed); an op logs them and fails
+with `SyncHeldBack` (`GateClosed` when the gate refused).
 
 The one failure that matters in reverse-ETL is shipping rows twice, and a retried step that
 triggers a second sync does exactly that. So every trigger is remembered in Dagster's event log as
@@ -38,8 +45,10 @@ from enum import StrEnum
 import dagster as dg
 from dagster import AssetExecutionContext, OpExecutionContext
 
-from activation.core.gate import enforce_gate, resolve_gate_page
+from activation.core.contract import contract_verdict
+from activation.core.gate import GateClosed, gate_verdict, resolve_gate_page
 from activation.core.guards import record_synced_snapshot
+from activation.core.verdicts import PreSyncVerdict, SyncHeldBack
 from activation.lib.destinations import Destination, FailurePolicy, sync_asset_key_for
 from activation.lib.hightouch import (
     TERMINAL_FAILURE,
@@ -297,20 +306,46 @@ def sync_destination(
     stage: Stage = Stage.PRODUCTION,
     once_per_family: bool = False,
     extra_metadata: Mapping[str, object] | None = None,
+    verdicts: list[PreSyncVerdict] | None = None,
 ) -> SyncResult:
     """Gate, pool, re-attach or trigger once, follow, judge failed rows, record: the one path
     from a Dagster step to a Hightouch trigger (see the module docstring).
 
-    Returns the accepted run; raises `GateClosed` or `SyncRefused` before any trigger, or a
-    `dg.Failure` (retryable only for transient faults) after one. An op caller gets the sync
-    asset's materialization logged here; an asset step returns `result.metadata` itself.
+    Returns the accepted run; raises `SyncHeldBack` (`GateClosed` for the quality gate) or
+    `SyncRefused` before any trigger, or a `dg.Failure` (retryable only for transient faults)
+    after one. The pre-sync decisions are appended to `verdicts` as they are taken, for an asset
+    step to yield as its own check results (also when this raises); without `verdicts` (an op)
+    they are logged as evaluations of the sync asset's checks. An op caller gets the sync asset's
+    materialization logged here; an asset step returns `result.metadata` itself.
     """
-    enforce_gate(context, destination, gate=gate, pagerduty=pagerduty, slack=slack)
-    _check_pool(context, destination)
     key = sync_asset_key_for(destination.key)
+    decided: list[PreSyncVerdict] = [] if verdicts is None else verdicts
+
+    def decide(verdict: PreSyncVerdict) -> None:
+        decided.append(verdict)
+        if verdicts is None and stage is Stage.PRODUCTION:
+            # `log_event` records check evaluations too (its annotation lags behind).
+            context.log_event(verdict.evaluation(key))  # type: ignore[arg-type]
+
+    gate_decision, refusals = gate_verdict(
+        context, destination, gate=gate, pagerduty=pagerduty, slack=slack
+    )
+    decide(gate_decision)
+    _check_pool(context, destination)
     with hightouch.get_client() as client:
         try:
-            result = _sync(context, key, destination, client, options, stage, once_per_family)
+            declared_id, slug = sync_reference(destination, stage)
+            sync_id = declared_id or client.resolve_sync_id(slug or "")
+            # Taken even when the gate refused: a renamed column also closes the gate (its
+            # fingerprint cannot be read), and only the contract names the column and field.
+            decide(contract_verdict(context, destination, client, sync_id))
+            if refusals:
+                raise GateClosed(destination, refusals, list(decided))
+            if any(v.blocks for v in decided):
+                raise SyncHeldBack(destination, list(decided))
+            result = _sync(
+                context, key, destination, client, sync_id, options, stage, once_per_family
+            )
         except HightouchRunFailed as error:
             # Only an interrupted run (Hightouch's own infrastructure stopped it) is worth a new
             # trigger from a step retry. A failed run is the destination's verdict and a
@@ -332,6 +367,8 @@ def sync_destination(
                 description=f"{destination.key}: {error}", allow_retries=True
             ) from None
     metadata = result.metadata
+    for verdict in decided:
+        metadata.update(verdict.record_on_success)
     metadata["sync_stage"] = dg.MetadataValue.text(stage.value)
     metadata.update({k: _metadata_value(v) for k, v in (extra_metadata or {}).items()})
     if stage is Stage.PRODUCTION:
@@ -347,12 +384,11 @@ def _sync(
     key: dg.AssetKey,
     destination: Destination,
     client: HightouchClient,
+    sync_id: str,
     options: SyncOptions,
     stage: Stage,
     once_per_family: bool,
 ) -> SyncResult:
-    declared_id, slug = sync_reference(destination, stage)
-    sync_id = declared_id or client.resolve_sync_id(slug or "")
     run_id = find_run_to_follow(
         context, key, client, sync_id, once_per_family=once_per_family, destination=destination
     )

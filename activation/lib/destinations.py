@@ -17,7 +17,15 @@ from typing import Any, Literal
 
 import dagster as dg
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from activation.lib.paths import destinations_file
 
@@ -135,6 +143,39 @@ class Destination(BaseModel):
     )
     failure_policy: FailurePolicy = FailurePolicy()
     guards: Guards = Guards()
+    destination_fields: tuple[tuple[str, str], ...] = Field(
+        default=(),
+        description="The destination field each mapped column (or the primary key) feeds, by "
+        "column, e.g. {email: Email}; a column not named here feeds the field of its own name. "
+        "Kept as (column, field) pairs so a destination stays hashable.",
+    )
+    mapping_drift: Literal["refuse", "warn"] = Field(
+        default="refuse",
+        description="When the sync's field mappings in Hightouch differ from this declaration "
+        "(a field added or removed in Hightouch's UI): refuse the sync, or only warn.",
+    )
+    accepted_type_changes: tuple[tuple[str, str], ...] = Field(
+        default=(),
+        description="A reviewed type change of a synced column, by column, e.g. "
+        "{login_count: bigint}: the schema contract lets the mart's column have this type "
+        "although the last successful sync recorded another. Remove it once a sync shipped.",
+    )
+
+    @field_validator("destination_fields", "accepted_type_changes", mode="before")
+    @classmethod
+    def _text_by_column(cls, value: Any, info: ValidationInfo) -> Any:
+        """The YAML gives a mapping {column: text}; each value must be a non-empty string."""
+        what = "destination field's name" if info.field_name == "destination_fields" else "type"
+        if isinstance(value, Mapping):
+            for column, text in value.items():
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"{column}: give the {what} as text")
+            return tuple((str(column), text.strip()) for column, text in value.items())
+        if value is None:
+            return ()
+        if isinstance(value, tuple):
+            return value
+        raise ValueError("give a mapping by mart column, e.g. {email: Email}")
 
     @model_validator(mode="after")
     def _needs_a_sync_reference(self) -> Destination:
@@ -146,7 +187,37 @@ class Destination(BaseModel):
         for column in self.guards.required_columns:
             if column not in self.mapped_columns:
                 raise ValueError(f"guards.required_columns names {column!r}, not a mapped column")
+        self._check_destination_fields()
         return self
+
+    def _check_destination_fields(self) -> None:
+        synced = (self.primary_key, *self.mapped_columns)
+        for name, pairs in (
+            ("destination_fields", self.destination_fields),
+            ("accepted_type_changes", self.accepted_type_changes),
+        ):
+            for column, _ in pairs:
+                if column not in synced:
+                    raise ValueError(
+                        f"{name} names {column!r}, neither the primary key nor a mapped column"
+                    )
+        fed: dict[str, str] = {}
+        for column in synced:
+            name = self.field_for(column)
+            if name in fed:
+                raise ValueError(
+                    f"destination field {name!r} is fed by two columns ({fed[name]} and {column})"
+                )
+            fed[name] = column
+
+    def field_for(self, column: str) -> str:
+        """The destination field `column` feeds (the column's own name unless declared)."""
+        return dict(self.destination_fields).get(column, column)
+
+    @property
+    def field_mappings(self) -> tuple[tuple[str, str], ...]:
+        """(mart column, destination field) of each mapped column, in declared order."""
+        return tuple((column, self.field_for(column)) for column in self.mapped_columns)
 
     @property
     def pool(self) -> str:

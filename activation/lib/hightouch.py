@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -144,6 +144,82 @@ class SyncRun:
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_SUCCESS or self.status in TERMINAL_FAILURE
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """One field mapping of a sync's configuration: a model column (`from`) feeding a
+    destination field (`to`)."""
+
+    column: str | None
+    """The model column; None for a mapping fed by no column (a static value or a template)."""
+    field: str
+    kind: str = "standard"
+
+
+@dataclass(frozen=True)
+class HightouchSync:
+    """What `GET /syncs/{id}` says about a sync that the schema contract compares.
+
+    Hightouch documents `configuration` as destination-specific and open to change, so it is read
+    leniently: `mappings` is None when the configuration holds no readable `mappings` list (the
+    mappings cannot be compared then), and items of a shape not understood are left out.
+    `referencedColumns` and `primaryKey` are part of the documented Sync object and must be
+    well-formed.
+    """
+
+    id: str
+    slug: str | None
+    primary_key: str | None
+    referenced_columns: tuple[str, ...]
+    mappings: tuple[FieldMapping, ...] | None
+    external_id_mapping: FieldMapping | None
+    destination_object: str | None
+    """`configuration.object`, when the destination has one (Salesforce Contact...)."""
+
+    @classmethod
+    def from_api(cls, data: object) -> HightouchSync:
+        if not isinstance(data, Mapping):
+            raise HightouchMalformedAnswer("the sync is not an object")
+        referenced = data.get("referencedColumns")
+        if referenced is None:
+            referenced = []
+        if not isinstance(referenced, list) or not all(isinstance(c, str) for c in referenced):
+            raise HightouchMalformedAnswer("referencedColumns is not a list of strings")
+        configuration = data.get("configuration")
+        if configuration is not None and not isinstance(configuration, Mapping):
+            raise HightouchMalformedAnswer("configuration is not an object")
+        configuration = configuration or {}
+        raw_mappings = configuration.get("mappings")
+        mappings = (
+            tuple(m for m in map(_field_mapping, raw_mappings) if m is not None)
+            if isinstance(raw_mappings, list)
+            else None
+        )
+        target = configuration.get("object")
+        return cls(
+            id=_identifier(data.get("id"), "sync id"),
+            slug=_optional_text(data.get("slug"), "slug"),
+            primary_key=_optional_text(data.get("primaryKey"), "primaryKey"),
+            referenced_columns=tuple(referenced),
+            mappings=mappings,
+            external_id_mapping=_field_mapping(configuration.get("externalIdMapping")),
+            destination_object=target if isinstance(target, str) and target else None,
+        )
+
+
+def _field_mapping(item: object) -> FieldMapping | None:
+    """A `{from, to, type}` mapping; None for anything else (no destination field named)."""
+    if not isinstance(item, Mapping):
+        return None
+    to, source, kind = item.get("to"), item.get("from"), item.get("type")
+    if not isinstance(to, str) or not to:
+        return None
+    return FieldMapping(
+        column=source if isinstance(source, str) and source else None,
+        field=to,
+        kind=kind if isinstance(kind, str) and kind else "standard",
+    )
 
 
 def _identifier(value: object, name: str) -> str:
@@ -388,6 +464,14 @@ class HightouchClient:
                 "destinations.yaml"
             )
         return sync_id
+
+    def get_sync(self, sync_id: str) -> HightouchSync:
+        """The sync as Hightouch holds it now: its field mappings, referenced columns and
+        primary key (`GET /syncs/{id}`), which can differ from destinations.yaml once someone
+        edits the sync in Hightouch's UI."""
+        return self._request(
+            "GET", f"/syncs/{sync_id}", what=f"read sync {sync_id}", parse=HightouchSync.from_api
+        )
 
     def trigger(self, sync_id: str, *, full_resync: bool = False, reset_cdc: bool = False) -> str:
         """Start a run of the sync; returns the new run's id.

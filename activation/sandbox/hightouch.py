@@ -6,6 +6,13 @@ timestamps `2022-02-08T16:11:04.712Z`, errors `{"message": ...}`, validation err
 one Hightouch destination per CRM.
 Runs are executed by `sync_engine`. Sandbox-only: `GET /sandbox/hightouch/triggers` counts the
 triggers each sync received; `pages` serves the app's sync and run pages the run links open.
+
+Each sync's `configuration` maps the mart's columns to the destination's fields as declared
+(`mapped_columns`, `destination_fields`), with `referencedColumns` and `primaryKey` beside it. A
+test can play someone editing a sync in Hightouch's UI: `PUT /sandbox/hightouch/syncs/{id}/mappings`
+`{"mappings": [{"from": column, "to": field}, ...]}` replaces the mappings `GET /syncs/{id}` reports
+(and its `referencedColumns`), `GET` reads them, `DELETE` (or `/sandbox/reset`) restores the
+declared ones. Runs still deliver the declared columns: the edit changes what the API says.
 """
 
 from __future__ import annotations
@@ -151,6 +158,18 @@ class HightouchApi:
         self._token = token
         self._created_at = iso_timestamp(datetime.now(UTC))
         self._limits = batch_limits()
+        self._edited: dict[str, tuple[list[dict[str, str]], str | None]] = {}
+        """Sync id -> mappings set through the control endpoint, and when."""
+
+    def reset_mappings(self) -> None:
+        self._edited.clear()
+
+    def mappings(self, sync: SyncDefinition) -> list[dict[str, str]]:
+        """The sync's field mappings: as edited through the control endpoint, else declared."""
+        if sync.id in self._edited:
+            return [dict(m) for m in self._edited[sync.id][0]]
+        d = sync.destination
+        return [{"from": c, "to": field, "type": "standard"} for c, field in d.field_mappings]
 
     # -- objects --------------------------------------------------------------------------------
 
@@ -158,25 +177,33 @@ class HightouchApi:
         runs = self._engine.runs(sync.id)
         last = runs[-1] if runs else None
         d = sync.destination
+        mappings = self.mappings(sync)
+        edited_at = self._edited.get(sync.id, ([], None))[1]
         return {
             "id": sync.id,
             "slug": sync.slug,
             "workspaceId": WORKSPACE_ID,
             "createdAt": self._created_at,
-            "updatedAt": self._created_at,
+            "updatedAt": edited_at or self._created_at,
             "destinationId": sync.destination_id,
             "modelId": sync.model_id,
             "configuration": {
                 "object": d.object,
                 "mode": "upsert",
-                "externalIdMapping": {"from": d.primary_key, "to": "id", "type": "standard"},
-                "mappings": [{"from": c, "to": c, "type": "standard"} for c in d.mapped_columns],
+                "externalIdMapping": {
+                    "from": d.primary_key,
+                    "to": d.field_for(d.primary_key),
+                    "type": "standard",
+                },
+                "mappings": mappings,
+                "associationMappings": [],
             },
             "schedule": {"type": "manual", "schedule": {}},
             "status": last["status"] if last else "pending",
             "disabled": False,
             "lastRunAt": last["createdAt"] if last else None,
-            "referencedColumns": list(d.mapped_columns),
+            # As in the API's examples: the mapped model columns (the primary key is beside).
+            "referencedColumns": list(dict.fromkeys(m["from"] for m in mappings)),
             "primaryKey": d.primary_key,
         }
 
@@ -268,6 +295,34 @@ class HightouchApi:
     async def trigger_counts(self, request: Request) -> JSONResponse:
         return JSONResponse(self._engine.trigger_counts())
 
+    # -- sandbox control: edit a sync's mappings as someone would in Hightouch's UI ------------
+
+    async def read_mappings(self, request: Request) -> JSONResponse:
+        sync = self._sync(_path_number(request, "syncId"))
+        return JSONResponse({"mappings": self.mappings(sync), "edited": sync.id in self._edited})
+
+    async def replace_mappings(self, request: Request) -> JSONResponse:
+        sync = self._sync(_path_number(request, "syncId"))
+        body = await _json_body(request, required=True)
+        self._edited[sync.id] = (_mappings(body), iso_timestamp(datetime.now(UTC)))
+        return JSONResponse({"mappings": self.mappings(sync), "edited": True})
+
+    async def restore_mappings(self, request: Request) -> JSONResponse:
+        sync = self._sync(_path_number(request, "syncId"))
+        self._edited.pop(sync.id, None)
+        return JSONResponse({"mappings": self.mappings(sync), "edited": False})
+
+    def control(self, handler: Handler) -> Handler:
+        """A control handler; an `ApiError` becomes its JSON answer (no auth, like /sandbox/*)."""
+
+        async def answer(request: Request) -> JSONResponse:
+            try:
+                return await handler(request)
+            except ApiError as error:
+                return JSONResponse(error.body, status_code=error.status)
+
+        return answer
+
     def _sync(self, sync_id: str) -> SyncDefinition:
         if sync_id not in self._syncs:
             raise not_found(f"Sync {sync_id} not found")
@@ -337,6 +392,8 @@ def _choice(params: Mapping[str, Any], name: str, allowed: Sequence[str]) -> str
 
 
 async def _json_body(request: Request, *, required: bool) -> dict[str, Any]:
+    """The JSON object of the body. An optional body (`required: false` in the OpenAPI) may be
+    absent, `{}` or a JSON `null`: all three mean "no options"."""
     raw = await request.body()
     if not raw.strip():
         if required:
@@ -346,6 +403,8 @@ async def _json_body(request: Request, *, required: bool) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise invalid("requestBody", "the body is not valid JSON", status=400) from None
+    if body is None and not required:
+        return {}
     if not isinstance(body, dict):
         raise invalid("requestBody", "invalid object", body)
     return body
@@ -356,6 +415,26 @@ def _string(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise invalid(f"requestBody.{name}", "invalid string value", value)
     return value
+
+
+def _mappings(body: dict[str, Any]) -> list[dict[str, str]]:
+    """`{"mappings": [{"from": column, "to": field[, "type": ...]}, ...]}`, validated."""
+    items = body.get("mappings")
+    if not isinstance(items, list):
+        raise invalid("requestBody.mappings", "give a list of {from, to} objects", items)
+    mappings = []
+    for index, item in enumerate(items):
+        where = f"requestBody.mappings[{index}]"
+        if not isinstance(item, dict):
+            raise invalid(where, "invalid object", item)
+        for name in ("from", "to"):
+            if not isinstance(item.get(name), str) or not item[name]:
+                raise invalid(f"{where}.{name}", "invalid string value", item.get(name))
+        kind = item.get("type", "standard")
+        if not isinstance(kind, str):
+            raise invalid(f"{where}.type", "invalid string value", kind)
+        mappings.append({"from": item["from"], "to": item["to"], "type": kind})
+    return mappings
 
 
 def _trigger_options(body: dict[str, Any]) -> dict[str, bool]:
@@ -384,6 +463,7 @@ def routes(
     context.on_reset(engine.reset)
     context.on_shutdown(engine.shutdown)
     api = HightouchApi(definitions, engine, context.settings.hightouch_token)
+    context.on_reset(api.reset_mappings)
     api_routes = [
         ("GET", "/syncs", api.list_syncs),
         ("POST", "/syncs/trigger", api.trigger_custom),
@@ -399,5 +479,15 @@ def routes(
             for method, path, handler in api_routes
         ),
         Route("/sandbox/hightouch/triggers", api.trigger_counts, methods=["GET"]),
+        *(
+            Route(
+                "/sandbox/hightouch/syncs/{syncId}/mappings", api.control(handler), methods=[method]
+            )
+            for method, handler in (
+                ("GET", api.read_mappings),
+                ("PUT", api.replace_mappings),
+                ("DELETE", api.restore_mappings),
+            )
+        ),
         *pages.routes({s.id: s for s in definitions}, engine),
     ]

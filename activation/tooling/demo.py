@@ -102,6 +102,7 @@ def run_chain(instance: dg.DagsterInstance, console_log_level: str = "DEBUG") ->
             slack=resources.slack,
             pagerduty=resources.pagerduty,
             log=logging.getLogger("activation.tooling.demo"),
+            gate=defined["quality_gate"],
         )
     syncs: dict[str, dict[str, object]] = {}
     keys = {sync_asset_key(d): d.key for d in load_destinations()}
@@ -148,6 +149,10 @@ def _table(result: ChainResult, destinations: tuple[Destination, ...]) -> str:
 
 
 def run_demo(folder: Path | None = None) -> int:
+    # Dagster's notices about its own Beta and Preview APIs (the Airbyte workspace among them,
+    # built as soon as the code location is prepared) would bury the demo's tables.
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
     folder = folder or data_dir() / "demo"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -158,8 +163,6 @@ def run_demo(folder: Path | None = None) -> int:
         prepare_code_location()
         instance = dg.DagsterInstance.ephemeral()
         # The demo prints its own tables; the full event log stays in the run's records.
-        warnings.filterwarnings("ignore", category=dg.BetaWarning)
-        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         quiet = "CRITICAL"
         # dagster-dbt echoes dbt's log to stdout; in a demo it would bury the tables.
         dbt_log = folder / "dbt_output.log"
@@ -175,6 +178,13 @@ def run_demo(folder: Path | None = None) -> int:
         )
         if not good.success or len(good.syncs) != len(destinations):
             problems.append(f"the good run did not sync every destination: {good.failed_steps}")
+        from activation.core.contract import contract_summary_lines
+
+        print("  schema contracts (mart columns and Hightouch mappings, checked before each sync):")
+        for line in contract_summary_lines(instance, good.run_id, destinations):
+            print(f"    {line}")
+            if "contract holds" not in line:
+                problems.append(f"a contract did not hold in the good run: {line}")
         before = destination_state(sandbox, destinations)
         triggers_before = sandbox.trigger_counts()
         for d in destinations:

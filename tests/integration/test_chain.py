@@ -10,7 +10,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from activation.lib.destinations import Destination, load_destinations
+from activation.core.run_summary import REPORT_KEY
+from activation.core.verdicts import GATE_CHECK
+from activation.dagster_api import check_history
+from activation.lib.destinations import Destination, load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import (
     ChainResult,
@@ -134,6 +137,27 @@ def test_bad_rows_fail_the_blocking_checks_and_trigger_nothing(
     assert chain_sandbox.trigger_counts() == triggers_before
     after = {d.key: chain_sandbox.records(d.destination_type, d.object) for d in destinations}
     assert after == before
+
+    # Held back, not skipped: the summary and each sync's own `quality_gate` check name the
+    # refusing dbt test.
+    refusing = "staging/stg_customers:unique_stg_customers_customer_id"
+    report = instance.fetch_materializations(REPORT_KEY, limit=1).records[0]
+    materialization = report.event_log_entry.asset_materialization
+    assert materialization is not None
+    statuses = materialization.metadata["statuses"].value
+    for destination in destinations:
+        status = statuses[destination.key]  # type: ignore[index]
+        assert status.startswith("blocked by ") and refusing in status, status
+        [latest] = check_history(
+            instance, dg.AssetCheckKey(sync_asset_key_for(destination.key), GATE_CHECK), limit=1
+        )
+        assert latest.evaluation is not None and not latest.evaluation.passed
+        assert refusing in str(latest.evaluation.metadata["refusing_checks"].value)
+        assert f"/runs/{bad.run_id}" in str(latest.evaluation.metadata["refusing_checks"].value)
+    slack = chain_sandbox.notifications("slack")[-1]["body"]["text"]
+    assert f"Activation run {bad.run_id}" in slack
+    [line] = [row for row in slack.splitlines() if row.startswith("*salesforce_contacts*: ")]
+    assert line.startswith("*salesforce_contacts*: blocked by ") and refusing in line, line
 
 
 def test_the_api_token_never_reaches_the_event_log(

@@ -30,7 +30,14 @@ from activation.dagster_api import check_history, run_location
 from activation.lib.destinations import mart_asset_key
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult, run_chain
-from tests.support.gate_support import chain_sandbox, launch, step_failures, sync_key
+from tests.support.gate_support import (
+    chain_sandbox,
+    held_back,
+    launch,
+    step_failures,
+    sync_key,
+    synced,
+)
 
 CONTACTS = "salesforce_contacts"
 CONTACTS_MART = mart_asset_key("mart_salesforce_contacts")
@@ -187,10 +194,10 @@ def test_failed_dbt_test_in_earlier_run_blocks_a_hand_launched_sync(
 
     result = launch(instance, sync_key(CONTACTS))
 
-    assert not result.success
+    assert not synced(result, sync_key(CONTACTS))
     assert sandbox.trigger_counts() == triggers_before
     assert sandbox.records("salesforce", "Contact") == records_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert failure.step == "activate__salesforce_contacts"
     check = f"staging/stg_customers:{UNIQUE_CUSTOMER_ID}"
     assert f"check {check} failed" in failure.description
@@ -204,7 +211,7 @@ def test_failed_dbt_test_in_earlier_run_blocks_a_hand_launched_sync(
     assert planned is not None and planned.status == "passed" and planned.run_id != bad_run_id
 
     _good_again(sandbox, instance)
-    assert launch(instance, sync_key(CONTACTS)).success
+    assert synced(launch(instance, sync_key(CONTACTS)), sync_key(CONTACTS))
 
 
 def test_runless_passed_report_does_not_open_a_gate_a_failed_check_closed(
@@ -227,9 +234,9 @@ def test_runless_passed_report_does_not_open_a_gate_a_failed_check_closed(
 
     result = launch(instance, sync_key(CONTACTS))
 
-    assert not result.success
+    assert not synced(result, sync_key(CONTACTS))
     assert sandbox.trigger_counts() == triggers_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert f"check staging/stg_customers:{UNIQUE_CUSTOMER_ID} failed" in failure.description
     assert f"in run {bad_run_id}" in failure.description
     warnings = [
@@ -256,9 +263,9 @@ def test_row_edited_in_the_mart_after_its_checks_closes_the_gate(
 
     result = launch(instance, sync_key(CONTACTS))
 
-    assert not result.success
+    assert not synced(result, sync_key(CONTACTS))
     assert sandbox.trigger_counts() == triggers_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert "the mart changed since its checks ran" in failure.description
     assert f"check marts/mart_salesforce_contacts:{MART_UNIQUE} judged" in failure.description
     assert f"in run {checked_run}" in failure.description
@@ -266,10 +273,10 @@ def test_row_edited_in_the_mart_after_its_checks_closes_the_gate(
     assert f"marts/mart_salesforce_contacts:{MART_UNIQUE}" in refused
     assert not any(name.startswith("staging/") for name in refused), refused
     # Another destination's mart did not change: its sync goes ahead.
-    assert launch(instance, sync_key("hubspot_contacts")).success
+    assert synced(launch(instance, sync_key("hubspot_contacts")), sync_key("hubspot_contacts"))
 
     _good_again(sandbox, instance)
-    assert launch(instance, sync_key(CONTACTS)).success
+    assert synced(launch(instance, sync_key(CONTACTS)), sync_key(CONTACTS))
 
 
 def test_mart_materialized_again_without_its_checks_refuses_as_untested(
@@ -283,15 +290,15 @@ def test_mart_materialized_again_without_its_checks_refuses_as_untested(
 
     result = launch(instance, sync_key(CONTACTS))
 
-    assert not result.success
+    assert not synced(result, sync_key(CONTACTS))
     assert sandbox.trigger_counts() == triggers_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert "marts/mart_salesforce_contacts:not_null_mart_salesforce_contacts_email" in (
         failure.description
     )
     assert "the data is untested" in failure.description
     # Another destination, reading another mart, is not held back.
-    assert launch(instance, sync_key("hubspot_contacts")).success
+    assert synced(launch(instance, sync_key("hubspot_contacts")), sync_key("hubspot_contacts"))
 
     # The same through the CLI, which runs the code location's own repository (as the
     # webserver and daemon do) rather than an in-process job.
@@ -311,8 +318,11 @@ def test_mart_materialized_again_without_its_checks_refuses_as_untested(
         timeout=300,
         check=False,
     )
-    assert cli.returncode != 0
+    # Held back, not failed: the run succeeds without a sync, and the gate said why.
+    assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
     assert "refused to trigger Hightouch" in cli.stdout + cli.stderr
+    assert "did not pass" in cli.stdout + cli.stderr  # the quality_gate check failed
+    assert sandbox.trigger_counts()["102"] == triggers_before["102"]
     assert "the data is untested" in cli.stdout + cli.stderr
     assert sandbox.trigger_counts()["102"] == triggers_before["102"]
 
@@ -360,7 +370,7 @@ def test_failing_python_check_on_the_mart_gates_the_same_way(
     result = launch(instance, sync_key(CONTACTS))
 
     assert sandbox.trigger_counts() == triggers_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert "check marts/mart_salesforce_contacts:contact_emails_unique failed" in (
         failure.description
     )

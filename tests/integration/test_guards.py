@@ -34,7 +34,7 @@ from activation.lib.paths import DEFAULT_DESTINATIONS_FILE
 from activation.lib.warehouse import WarehouseError, warehouse_connection
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import run_chain
-from tests.support.gate_support import chain_sandbox, launch, step_failures, sync_key
+from tests.support.gate_support import chain_sandbox, held_back, launch, sync_key
 
 CONTACTS = "salesforce_contacts"
 GUARD = "guard_salesforce_contacts"
@@ -271,7 +271,7 @@ def test_change_under_the_limit_syncs_over_the_limit_blocks(
 
     # A later hand launch of the sync alone is refused by the gate, naming the guard.
     refused = launch(instance, sync_key(CONTACTS))
-    [failure] = step_failures(refused)
+    [failure] = held_back(refused)
     assert f"check marts/mart_salesforce_contacts:{GUARD} failed: 8 rows would be changed" in (
         failure.description
     )

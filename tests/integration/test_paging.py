@@ -31,9 +31,11 @@ from tests.support.gate_support import (
     ROUTING_KEYS,
     all_log_text,
     chain_sandbox,
+    held_back,
     launch,
     step_failures,
     sync_key,
+    synced,
 )
 
 CONTACTS = "salesforce_contacts"
@@ -138,8 +140,8 @@ def test_refused_sync_on_a_fresh_instance_pages_once_naming_every_check(
 
         refused = launch(fresh, sync_key(CONTACTS))
 
-        assert not refused.success
-        [failure] = step_failures(refused)
+        assert not synced(refused, sync_key(CONTACTS))
+        [failure] = held_back(refused)
         checks = {r["check"] for r in failure.metadata["refused_checks"]}  # type: ignore[union-attr]
         assert len(checks) > 10  # every dbt test upstream, the guard, the Python check
         [page] = _pages(sandbox)[start:]
@@ -155,7 +157,7 @@ def test_refused_sync_on_a_fresh_instance_pages_once_naming_every_check(
         assert pagerduty_errors(page) == []
 
         # Refused again by the same checks: no new page.
-        assert not launch(fresh, sync_key(CONTACTS)).success
+        assert not synced(launch(fresh, sync_key(CONTACTS)), sync_key(CONTACTS))
         assert len(_pages(sandbox)) == start + 1
 
         # The next successful sync resolves it, once.
@@ -167,7 +169,7 @@ def test_refused_sync_on_a_fresh_instance_pages_once_naming_every_check(
         ]
         assert all(p["event_action"] == "resolve" for p in _pages(sandbox)[start + 1 :])
         count = len(_pages(sandbox))
-        assert launch(fresh, sync_key(CONTACTS)).success
+        assert synced(launch(fresh, sync_key(CONTACTS)), sync_key(CONTACTS))
         assert len(_pages(sandbox)) == count
 
 
@@ -212,7 +214,7 @@ def test_blocked_run_pages_owners_once_then_a_successful_sync_resolves(
 
     # A hand launch refused by the same checks does not page again.
     refused_launch = launch(instance, sync_key(CONTACTS))
-    assert not refused_launch.success
+    assert not synced(refused_launch, sync_key(CONTACTS))
     assert len(_pages(sandbox)) == start + len(triggers)
 
     good = _run_activate(instance)
@@ -227,7 +229,7 @@ def test_blocked_run_pages_owners_once_then_a_successful_sync_resolves(
         assert _gate_key(destination.key) in resolved, destination.key
     # Resolved once: a further successful sync sends nothing.
     count = len(_pages(sandbox))
-    assert launch(instance, sync_key(CONTACTS)).success
+    assert synced(launch(instance, sync_key(CONTACTS)), sync_key(CONTACTS))
     assert len(_pages(sandbox)) == count
 
     text = all_log_text(instance)
@@ -252,10 +254,10 @@ def test_failing_pagerduty_sink_is_logged_and_the_gate_stays_closed(
 
     result = launch(instance, sync_key(CONTACTS))
 
-    assert not result.success
+    assert not synced(result, sync_key(CONTACTS))
     assert sandbox.trigger_counts() == triggers_before
     assert len(_pages(sandbox)) == pages_before
-    [failure] = step_failures(result)
+    [failure] = held_back(result)
     assert "refused to trigger Hightouch" in failure.description
     messages = [
         entry.user_message

@@ -111,7 +111,7 @@ def test_one_sync_per_declared_destination(sandbox: SandboxProcess) -> None:
         assert sync["primaryKey"] == d.primary_key
         assert sync["referencedColumns"] == list(d.mapped_columns)
         assert sync["configuration"]["mappings"] == [
-            {"from": c, "to": c, "type": "standard"} for c in d.mapped_columns
+            {"from": c, "to": d.field_for(c), "type": "standard"} for c in d.mapped_columns
         ]
         assert sync["configuration"]["object"] == d.object
         assert (sync["status"], sync["lastRunAt"], sync["disabled"]) == ("pending", None, False)

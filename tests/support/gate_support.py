@@ -89,3 +89,34 @@ def all_log_text(instance: dg.DagsterInstance) -> str:
         for entry in instance.all_logs(run.run_id):
             parts += [entry.user_message or "", repr(entry.dagster_event)]
     return "\n".join(parts)
+
+
+def held_back(result: dg.ExecuteInProcessResult, check: str = "quality_gate") -> list[StepFailure]:
+    """The syncs the run held back, as a data engineer sees them: a failed pre-sync `check` on
+    the sync asset (an asset step, which then ends without a materialization) or an op's
+    `SyncHeldBack` failure. `step` is the step that decided."""
+    held = []
+    for event in result.all_events:
+        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            continue
+        evaluation = event.asset_check_evaluation_data
+        if (
+            evaluation.asset_key.path[0] == "activate"
+            and evaluation.check_name == check
+            and not evaluation.passed
+        ):
+            held.append(
+                StepFailure(
+                    event.step_key or "",
+                    evaluation.description or "",
+                    {k: v.value for k, v in evaluation.metadata.items()},
+                )
+            )
+    return held + [f for f in step_failures(result) if "blocked_by" in f.metadata]
+
+
+def synced(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> bool:
+    """The run succeeded and materialized the sync asset (a held-back sync does not)."""
+    return result.success and any(
+        event.asset_key == key for event in result.get_asset_materialization_events()
+    )

@@ -8,7 +8,7 @@ import dagster as dg
 
 from activation.core.run_summary import REPORT_KEY, report_run
 from activation.lib.destinations import Destination, load_destinations, sync_asset_key_for
-from activation.resources import PagerDutyResource, SlackWebhookResource
+from activation.resources import PagerDutyResource, QualityGate, SlackWebhookResource
 
 
 def build_report_spec(destinations: Sequence[Destination]) -> dg.AssetSpec:
@@ -31,6 +31,7 @@ def build_summary_sensors(destinations: Sequence[Destination]) -> list[dg.Sensor
         context: dg.RunStatusSensorContext,
         slack: SlackWebhookResource,
         pagerduty: PagerDutyResource,
+        gate: QualityGate,
     ) -> None:
         report_run(
             context.instance,
@@ -39,6 +40,7 @@ def build_summary_sensors(destinations: Sequence[Destination]) -> list[dg.Sensor
             slack=slack,
             pagerduty=pagerduty,
             log=context.log,
+            gate=gate,
         )
 
     @dg.run_status_sensor(
@@ -52,8 +54,9 @@ def build_summary_sensors(destinations: Sequence[Destination]) -> list[dg.Sensor
         context: dg.RunStatusSensorContext,
         slack: SlackWebhookResource,
         pagerduty: PagerDutyResource,
+        quality_gate: dg.ResourceParam[QualityGate],
     ) -> None:
-        evaluate(context, slack, pagerduty)
+        evaluate(context, slack, pagerduty, quality_gate)
 
     @dg.run_status_sensor(
         name="activation_summary_on_failure",
@@ -67,8 +70,9 @@ def build_summary_sensors(destinations: Sequence[Destination]) -> list[dg.Sensor
         context: dg.RunStatusSensorContext,
         slack: SlackWebhookResource,
         pagerduty: PagerDutyResource,
+        quality_gate: dg.ResourceParam[QualityGate],
     ) -> None:
-        evaluate(context, slack, pagerduty)
+        evaluate(context, slack, pagerduty, quality_gate)
 
     return [on_success, on_failure]
 

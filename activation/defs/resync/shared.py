@@ -1,6 +1,7 @@
 """What both resync jobs share: one op per destination holding its pool and taking the one sync
-path, and the report that posts the summary, pages failed destinations' owners and fails the run
-if any destination failed (a failure never stops the other destinations)."""
+path (started only when the form selects it; the others are skipped and take no pool slot), and
+the report that posts the summary, pages failed destinations' owners and fails the run if any
+destination failed (a failure never stops the other destinations)."""
 
 from collections.abc import Callable
 from dataclasses import asdict
@@ -9,7 +10,6 @@ from typing import Any
 import dagster as dg
 from dagster import OpExecutionContext
 
-from activation.core.gate import GateClosed
 from activation.core.paging import page_sync_failure
 from activation.core.run_summary import (
     ONE_OFF_RESYNC_JOB,
@@ -17,6 +17,7 @@ from activation.core.run_summary import (
     summary_table,
 )
 from activation.core.sync_path import SyncOptions, sync_destination
+from activation.core.verdicts import SyncHeldBack, blocked_by
 from activation.lib.destinations import Destination
 from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.resources import (
@@ -30,9 +31,9 @@ ONE_OFF_JOB = ONE_OFF_RESYNC_JOB
 REQUESTED_BY_TAG = "activation/requested_by"
 
 
-# Outcomes of destinations an op skipped by design; they stay out of the summary.
-NOT_IN_THIS_RUN = frozenset({"not selected", "other wave"})
-DID_NOT_SYNC = frozenset({"failed", "blocked", "skipped"})
+def did_not_sync(status: str) -> bool:
+    """Failed, skipped or "blocked by ...": a destination declared `after` it is skipped."""
+    return status in ("failed", "skipped") or status.startswith("blocked")
 
 
 def sync_in_op(
@@ -59,8 +60,10 @@ def sync_in_op(
             options=options,
             extra_metadata={**(extra_metadata or {}), "full_resync": options.full_resync},
         )
-    except GateClosed as closed:
-        return SyncOutcome(destination.key, "blocked", None, None, detail=closed.description or "")
+    except SyncHeldBack as held:
+        return SyncOutcome(
+            destination.key, blocked_by(held.verdicts), None, None, detail=held.description or ""
+        )
     except dg.Failure as failure:
         context.log.error(failure.description or f"{destination.key} failed")
         return outcome_from_metadata(
@@ -128,8 +131,9 @@ def report_outcomes(
     pagerduty: PagerDutyResource,
     header_note: str = "",
 ) -> dg.Output:
-    """Slack summary, pages for failures, run-visible metadata; fails the run on any failure."""
-    shown = [r for r in results if r.status not in NOT_IN_THIS_RUN]
+    """Slack summary, pages for failures, run-visible metadata; fails the run on any failure.
+    `results` holds the destinations that took part (the ops of the others never started)."""
+    shown = list(results)
     message = sync_summary_message(context.run_id, shown)
     if header_note:
         message["text"] = header_note + "\n" + message["text"]
@@ -138,7 +142,7 @@ def report_outcomes(
     except NotificationError as error:  # a failed notification never hides the outcome
         context.log.error(f"SLACK FAILED: summary not posted: {error}")
     by_key = {d.key: d for d in destinations}
-    failed = [r for r in shown if r.status in ("failed", "blocked")]
+    failed = [r for r in shown if r.status == "failed" or r.status.startswith("blocked")]
     for result in failed:
         if result.status == "failed":
             page_sync_failure(

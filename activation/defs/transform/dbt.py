@@ -3,6 +3,13 @@
 dbt tests become asset checks; error-severity tests are blocking, so a failing test stops the
 chain inside the run before any sync step starts. A failed test's check carries a sample of the
 rows that failed it, read from the table dbt stores them in (`store_failures`).
+
+Each model's materialization carries its column lineage (`dagster/column_lineage`: which parent
+columns feed each column), traced from the SQL dbt compiled in this build
+(`activation.lib.column_lineage`); the marts' column schema (`dagster/column_schema`) comes from
+their enforced contracts when definitions load. dagster-dbt's `fetch_column_metadata` is not used:
+it opens the warehouse from this process while dbt writes it, which DuckDB does not allow, and it
+cannot trace sources read from files (`read_parquet`).
 """
 
 import json
@@ -113,6 +120,47 @@ def with_fingerprints(results: list[CheckEvent], log: Any) -> Iterator[CheckEven
         yield result.with_metadata({**result.metadata, **added}) if added else result
 
 
+def with_column_lineage(
+    event: Any, manifest: Mapping[str, Any], target_path: Path | None, log: Any
+) -> Any:
+    """`event` with `dagster/column_lineage` when it materializes a model whose compiled SQL
+    this build wrote; any other event, or a model that cannot be traced (logged), unchanged."""
+    if not isinstance(event, dg.Output | dg.AssetMaterialization) or target_path is None:
+        return event
+    unique_id = _metadata_text(event, "unique_id")
+    if not unique_id or not unique_id.startswith("model."):
+        return event
+    from activation.lib.column_lineage import (
+        LineageError,
+        compiled_sql_path,
+        model_column_lineage,
+        node_props,
+    )
+
+    translator = ActivationDbtTranslator()
+    try:
+        path = compiled_sql_path(target_path, node_props(manifest, unique_id))
+        traced = model_column_lineage(manifest, unique_id, path.read_text())
+    except (LineageError, OSError) as error:
+        log.warning(f"No column lineage for {unique_id}: {error}")
+        return event
+    lineage = dg.TableColumnLineage(
+        deps_by_column={
+            column: [
+                dg.TableColumnDep(
+                    asset_key=translator.get_asset_key(node_props(manifest, ref.node_id)),
+                    column_name=ref.column,
+                )
+                for ref in refs
+            ]
+            for column, refs in traced.items()
+        }
+    )
+    return event.with_metadata(
+        {**event.metadata, "dagster/column_lineage": dg.MetadataValue.column_lineage(lineage)}
+    )
+
+
 FAILING_ROWS_SHOWN = 20
 """At most this many of a failed test's stored rows are shown on its check."""
 FAILING_ROWS_CELL_CHARS = 200
@@ -181,7 +229,9 @@ def read_failing_rows(
     return columns, rows
 
 
-def _metadata_text(result: CheckEvent, key: str) -> str | None:
+def _metadata_text(
+    result: CheckEvent | dg.Output | dg.AssetMaterialization, key: str
+) -> str | None:
     value = result.metadata.get(key)
     text = getattr(value, "value", value)
     return text if isinstance(text, str) else None
@@ -254,7 +304,10 @@ def build_dbt_assets() -> dg.AssetsDefinition:
             if _held_until_dbt_exits(event):
                 held.append(event)
             else:
-                yield event
+                # The compiled SQL of a model is on disk before dbt reports it built.
+                yield with_column_lineage(
+                    event, invocation.manifest, invocation.target_path, context.log
+                )
         marts = [r for r in held if _checks_a_mart(r)]
         others = [r for r in held if not _checks_a_mart(r)]
         completed = [*with_fingerprints(marts, context.log), *others]
