@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from activation.lib.paths import data_dir
+
+if TYPE_CHECKING:
+    from activation.tooling.dagster_home import DagsterHome
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -69,18 +74,42 @@ def _webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decide(args: argparse.Namespace) -> int:
-    """Record an approve or reject of a waiting promote run in the instance of DAGSTER_HOME."""
-    import dagster as dg
+def _lineage(args: argparse.Namespace) -> int:
+    from activation.tooling.lineage import run_lineage
 
+    return run_lineage(args.fields)
+
+
+def _decide(args: argparse.Namespace) -> int:
+    """Record an approve or reject of a waiting promote run in the instance it lives in:
+    `--dagster-home`, else DAGSTER_HOME, else the dev instance. A home that holds no instance is
+    refused before Dagster opens it (Dagster would create one there)."""
+    from activation.tooling.dagster_home import HomeError, resolve_home
+
+    try:
+        home = resolve_home(args.dagster_home, os.environ)
+        if home.dev:
+            print(
+                f"activation: using the dev instance at {home.path} (DAGSTER_HOME is unset)",
+                file=sys.stderr,
+            )
+        return _record_decision(args, home)
+    except HomeError as error:
+        print(f"activation: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _record_decision(args: argparse.Namespace, home: DagsterHome) -> int:
     from activation.core.approvals import DecisionRefused, Verdict, record_decision
+    from activation.tooling.dagster_home import open_instance
 
     verdict = Verdict(args.command)
-    with dg.DagsterInstance.get() as instance:
+    run_id = args.run_id.strip()
+    with open_instance(home) as instance:
         try:
             decision = record_decision(
                 instance,
-                promotion_run_id=args.run_id,
+                promotion_run_id=run_id,
                 verdict=verdict,
                 reviewer=args.reviewer,
                 code=args.code,
@@ -89,7 +118,14 @@ def _decide(args: argparse.Namespace) -> int:
                 source="cli",
             )
         except DecisionRefused as error:
-            print(f"activation {args.command}: {error}", file=sys.stderr)
+            if instance.get_run_record_by_id(run_id) is None:
+                print(
+                    f"activation: error: no Dagster run {run_id!r} in the Dagster instance at "
+                    f"{home}; pass --dagster-home with the home of the Dagster that ran promote",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"activation {args.command}: {error}", file=sys.stderr)
             return 1
     note = f" ({decision.note})" if decision.note else ""
     print(
@@ -115,6 +151,12 @@ def _decision_parser(commands: argparse._SubParsersAction, name: str, help_text:
         "--staging-run",
         help="The staging Hightouch run id from the review "
         "message (default: the one under review).",
+    )
+    decide.add_argument(
+        "--dagster-home",
+        metavar="PATH",
+        help="The Dagster home the promote run lives in (default: $DAGSTER_HOME, else the dev "
+        "instance of `activation dev`).",
     )
     if name == "approve":
         decide.add_argument("--comment", default="", help="Why you approve (optional).")
@@ -184,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Reject generic signals whose timestamp is further than this from now.",
     )
     webhooks.set_defaults(handler=_webhooks)
+
+    lineage = commands.add_parser(
+        "lineage",
+        help="Print the chain from a destination field back to the raw source column feeding "
+        "it, e.g. `activation lineage salesforce_contacts.Email` (compiles the dbt project; "
+        "opens no warehouse).",
+    )
+    lineage.add_argument(
+        "fields",
+        nargs="+",
+        metavar="DESTINATION.FIELD",
+        help="A destination key (or type.object, e.g. salesforce.Contact) and a field name.",
+    )
+    lineage.set_defaults(handler=_lineage)
 
     _decision_parser(commands, "approve", "Approve a promote run waiting for sign-off.")
     _decision_parser(commands, "reject", "Reject a promote run waiting for sign-off.")

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,17 +74,28 @@ def _spawn(name: str, command: list[str], env: dict[str, str], log_path: Path) -
     return Process(name, process, log_path)
 
 
-def _wait_for(process: Process, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.process.poll() is not None:
-            raise RuntimeError(f"{process.name} exited early:\n{process.log()[-4000:]}")
+def wait_for_answer(
+    url: str, alive: Callable[[], bool], timeout: float | None = None, interval: float = 0.25
+) -> bool:
+    """True as soon as `url` answers 200; False once `alive()` is false or `timeout` passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        if not alive():
+            return False
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                return
+                return True
         except httpx.TransportError:
             pass
-        time.sleep(0.25)
+        time.sleep(interval)
+    return False
+
+
+def _wait_for(process: Process, url: str, timeout: float) -> None:
+    if wait_for_answer(url, lambda: process.process.poll() is None, timeout):
+        return
+    if process.process.poll() is not None:
+        raise RuntimeError(f"{process.name} exited early:\n{process.log()[-4000:]}")
     process.stop()
     raise RuntimeError(f"{process.name} did not answer {url} within {timeout}s")
 
@@ -112,6 +123,22 @@ def migrate_dagster_home(home: Path, env: dict[str, str]) -> None:
     )
 
 
+DAGSTER_URL_VAR = "ACTIVATION_DAGSTER_URL"
+STARTUP_DIR = Path(__file__).resolve().parent / "python_startup"
+
+
+def dagster_dev_environment(env: Mapping[str, str], port: int) -> dict[str, str]:
+    """`env` for a `dagster dev` serving its UI on `port`: ACTIVATION_DAGSTER_URL names that UI
+    (the promote job's review links point there), and python_startup/ goes first on PYTHONPATH so
+    every process it starts keeps Dagster's Beta/Preview/supersession notices out of the log."""
+    python_path = [str(STARTUP_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {
+        **env,
+        DAGSTER_URL_VAR: f"http://127.0.0.1:{port}",
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
+    }
+
+
 def start_dagster_dev(
     port: int,
     env: dict[str, str],
@@ -120,6 +147,7 @@ def start_dagster_dev(
     workspace: Path = PROJECT_ROOT / "workspace.yaml",
 ) -> Process:
     """`dagster dev -w workspace.yaml` (webserver + daemon) with `env` (DAGSTER_HOME set)."""
+    env = dagster_dev_environment(env, port)
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-w", str(workspace),
