@@ -24,6 +24,11 @@ from activation.lib.environment import resolve_endpoints, sandbox_url
 from activation.lib.hightouch import HightouchClient
 from activation.lib.notify import post_json
 
+SLACK_API_BASE_URL = "https://slack.com/api"
+SANDBOX_SLACK_API_PATH = "/slack/api"
+SLACK_SIGNING_SECRET_VAR = "SLACK_SIGNING_SECRET"
+SLACK_BOT_TOKEN_VAR = "SLACK_BOT_TOKEN"
+
 
 class HightouchResource(dg.ConfigurableResource):
     """The Hightouch workspace the sync assets trigger runs in."""
@@ -96,9 +101,25 @@ class WebhookResource(dg.ConfigurableResource):
 
 
 class SlackWebhookResource(WebhookResource):
-    """A Slack incoming webhook (EnvVar('SLACK_WEBHOOK_URL'))."""
+    """A Slack incoming webhook (EnvVar('SLACK_WEBHOOK_URL')), and optionally the Slack app it
+    belongs to: with its signing secret the promote review message carries Approve / Reject
+    buttons, whose clicks the intake records and `sign_off` verifies (docs/promotion.md)."""
 
     what_is_posted: ClassVar[str] = "Slack message"
+
+    signing_secret: str = Field(
+        default="",
+        description="The Slack app's signing secret (bind EnvVar('SLACK_SIGNING_SECRET')); the "
+        "same value as the intake's. Empty: no buttons, decisions by code only.",
+    )
+    bot_token: str = Field(
+        default="",
+        description="Slack bot token with usergroups:read (bind EnvVar('SLACK_BOT_TOKEN')); "
+        "needed only to allow a Slack user group to decide.",
+    )
+    api_base_url: str = Field(
+        default=SLACK_API_BASE_URL, description="Slack Web API base (the sandbox serves one)."
+    )
 
 
 class TeamsWebhookResource(WebhookResource):
@@ -164,6 +185,25 @@ SANDBOX_TEAMS_WEBHOOK_PATH = "/teams/webhook/workflows/activation/promotion"
 HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND = 20.0
 
 
+def _env_secret(name: str) -> dg.EnvVar | str:
+    """EnvVar(name) when the variable is set at load, else "" (the feature stays off)."""
+    return dg.EnvVar(name) if os.environ.get(name, "").strip() else ""
+
+
+def build_slack_resource(
+    webhook_url_var: str | None, webhook_url: str | None
+) -> SlackWebhookResource:
+    """The Slack webhook, plus the Slack app's signing secret and bot token when they are set
+    (read at load; bound as EnvVars, never as values). The sandbox serves the Web API too."""
+    base = sandbox_url()
+    return SlackWebhookResource(
+        webhook_url=dg.EnvVar(webhook_url_var) if webhook_url_var else webhook_url or "",
+        signing_secret=_env_secret(SLACK_SIGNING_SECRET_VAR),
+        bot_token=_env_secret(SLACK_BOT_TOKEN_VAR),
+        api_base_url=base + SANDBOX_SLACK_API_PATH if base else SLACK_API_BASE_URL,
+    )
+
+
 def build_teams_resource() -> TeamsWebhookResource:
     """The sandbox's Teams sink when the sandbox is selected, else EnvVar TEAMS_WEBHOOK_URL."""
     base = sandbox_url()
@@ -203,11 +243,7 @@ def build_resources() -> dict[str, object]:
             app_url=endpoints.hightouch_app_url,
             max_requests_per_second=HIGHTOUCH_WORKSPACE_REQUESTS_PER_SECOND / len(destinations),
         ),
-        "slack": SlackWebhookResource(
-            webhook_url=dg.EnvVar(endpoints.slack_webhook_url_var)
-            if endpoints.slack_webhook_url_var
-            else endpoints.slack_webhook_url or ""
-        ),
+        "slack": build_slack_resource(endpoints.slack_webhook_url_var, endpoints.slack_webhook_url),
         "teams": build_teams_resource(),
         "pagerduty": PagerDutyResource(events_url=pagerduty_events_url()),
     }

@@ -9,16 +9,24 @@ Everything lives as observations on one asset, `promotion/approvals`:
   production sync and the full-resync flag; plus the allow-list, the expiry, and the *verifier*
   of the one-time approval code, never the code: verifier = sha256(proof),
   proof = sha256(run id + code). 120 random bits make the verifier useless for guessing.
-- `decision`: an accepted approve/reject, written by `activation approve|reject` or the
-  `sign_off_decision` job. It carries the proof (which only the code's holder can compute), so the
-  waiting `sign_off` op re-checks it and a hand-made observation without the code counts for
-  nothing. The code is one-time: the first valid decision wins, every later one is refused.
+- `decision`: an accepted approve/reject, by one of two paths, and the record says which
+  (`path`) and whether the identity was verified (`identity_verified`):
+  - `code`: written by `activation approve|reject` or the `sign_off_decision` job. It carries the
+    proof (which only the code's holder can compute), so the waiting `sign_off` op re-checks it
+    and a hand-made observation without the code counts for nothing. The reviewer's name is a
+    claim.
+  - `slack`: a click on the review message's Approve / Reject button, signed by Slack and
+    verified by the intake, then judged and written by the run's own `sign_off` step (the only
+    step whose Slack decisions count, as only `request_review` writes requests). It carries the
+    Slack user id, name and team id: an identity Slack authenticated.
+  Either way the first valid decision wins and every later one is refused.
 - `refused`: a decision that broke a rule, with the rule, so the refusal is on record too.
 
 Observations are written with `DagsterInstance.report_runless_asset_event` and read with
 `DagsterInstance.fetch_observations`, which work across processes (CLI, other runs, the op).
-Reviewer names are claims, not identities: open-source Dagster authenticates no one. The code,
-posted only in the review channel, is the proof (see docs/promotion.md, "Trust model").
+Reviewer names typed into the CLI or the Launchpad are claims, not identities: open-source
+Dagster authenticates no one. The code, posted only in the review channel, proves access to it;
+a Slack click proves a Slack identity (see docs/promotion.md, "Trust model").
 """
 
 from __future__ import annotations
@@ -46,15 +54,53 @@ REFUSED = "refused"
 PAGE_SIZE = 200
 TAG_PREFIX = "activation/sign_off"
 REVIEW_STEP = "request_review"  # the only step whose records count as a run's review request
+SIGN_OFF_STEP = "sign_off"  # the only step whose Slack decisions count
+CODE_PATH = "code"
+SLACK_PATH = "slack"
 
 
 class Verdict(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
 
+    @property
+    def done(self) -> str:
+        """`Approved` / `Rejected`, as messages and records say it."""
+        return "Approved" if self is Verdict.APPROVE else "Rejected"
+
 
 class DecisionRefused(RuntimeError):
     """A decision broke a rule; the message says which. The refusal has been recorded."""
+
+
+@dataclass(frozen=True)
+class SlackIdentity:
+    """Who clicked, as Slack reported it in a request signed with the app's signing secret."""
+
+    user_id: str
+    user_name: str
+    team_id: str
+
+    @property
+    def handle(self) -> str:
+        return f"@{self.user_name}"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "slack_user_id": self.user_id,
+            "slack_user_name": self.user_name,
+            "slack_team_id": self.team_id,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> SlackIdentity | None:
+        if not meta.get("slack_user_id"):
+            return None
+        return cls(
+            str(meta["slack_user_id"]),
+            str(meta.get("slack_user_name", "")),
+            str(meta.get("slack_team_id", "")),
+        )
 
 
 def utc_text(timestamp: float) -> str:
@@ -101,6 +147,10 @@ def _staging_metadata(staging: RunSummary) -> dict[str, Any]:
     }
 
 
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(n.strip() for n in str(value or "").split(",") if n.strip())
+
+
 @dataclass(frozen=True)
 class ReviewRequest:
     """What `request_review` asked reviewers to decide on, for one promotion run."""
@@ -117,6 +167,24 @@ class ReviewRequest:
     run_family: str = ""
     """Root run id of the promote run: re-executions share it, and so share one approval."""
     full_resync: bool = False
+    slack_buttons: bool = False
+    """Whether the Slack message carried Approve / Reject buttons (Slack decisions possible)."""
+    slack_reviewer_ids: tuple[str, ...] = ()
+    slack_reviewer_group: str = ""
+    slack_group_members: tuple[str, ...] = ()
+    """Members of `slack_reviewer_group` when the review was requested (they may click)."""
+    require_verified_identity: bool = False
+    """Only Slack decisions count; the code path is refused."""
+
+    @property
+    def slack_allow_list(self) -> bool:
+        return bool(self.slack_reviewer_ids or self.slack_reviewer_group)
+
+    def slack_allowed(self) -> str:
+        names = list(self.slack_reviewer_ids)
+        if self.slack_reviewer_group:
+            names.append(f"members of {self.slack_reviewer_group}")
+        return ", ".join(names)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -133,6 +201,11 @@ class ReviewRequest:
             "requested_at_ts": self.requested_at,
             "expires_at": utc_text(self.expires_at),
             "expires_at_ts": self.expires_at,
+            "slack_buttons": self.slack_buttons,
+            "slack_reviewer_ids": ", ".join(self.slack_reviewer_ids),
+            "slack_reviewer_group": self.slack_reviewer_group,
+            "slack_group_members": ", ".join(self.slack_group_members),
+            "require_verified_identity": self.require_verified_identity,
         }
 
     @classmethod
@@ -157,6 +230,11 @@ class ReviewRequest:
             destination=str(meta.get("destination", "")),
             run_family=str(meta.get("run_family", "")),
             full_resync=bool(meta.get("full_resync", False)),
+            slack_buttons=bool(meta.get("slack_buttons", False)),
+            slack_reviewer_ids=_names(meta.get("slack_reviewer_ids")),
+            slack_reviewer_group=str(meta.get("slack_reviewer_group", "")),
+            slack_group_members=_names(meta.get("slack_group_members")),
+            require_verified_identity=bool(meta.get("require_verified_identity", False)),
         )
 
     def binding_problem(
@@ -200,10 +278,26 @@ class Decision:
     """What the approval covers, copied from the review request for the audit trail."""
     production_sync: str = ""
     full_resync: bool = False
+    slack: SlackIdentity | None = None
+    """Set for a Slack decision: the identity Slack authenticated (path `slack`)."""
 
     @property
     def decided_at_utc(self) -> str:
         return utc_text(self.decided_at)
+
+    @property
+    def path(self) -> str:
+        return SLACK_PATH if self.slack is not None else CODE_PATH
+
+    @property
+    def identity_verified(self) -> bool:
+        return self.slack is not None
+
+    def who(self) -> str:
+        """The decider as messages name them: `@alice (Slack U0ALICE)` or `alice`."""
+        if self.slack is None:
+            return self.reviewer
+        return f"{self.slack.handle} (Slack {self.slack.user_id})"
 
     def metadata(self) -> dict[str, Any]:
         """Observation metadata; also what the promotion run shows as the sign-off."""
@@ -221,6 +315,9 @@ class Decision:
             "production_sync": self.production_sync,
             "full_resync": self.full_resync,
             "source": self.source,
+            "path": self.path,
+            "identity_verified": self.identity_verified,
+            **(self.slack.metadata() if self.slack else {}),
             "proof": self.proof,
         }
 
@@ -245,6 +342,7 @@ class Decision:
             destination=str(meta.get("destination", "")),
             production_sync=str(meta.get("production_sync", "")),
             full_resync=bool(meta.get("full_resync", False)),
+            slack=SlackIdentity.from_metadata(meta) if meta.get("path") == SLACK_PATH else None,
         )
 
 
@@ -274,8 +372,10 @@ def refusal(
     proof: str,
     at: float,
     earlier: Decision | None,
+    slack: SlackIdentity | None = None,
 ) -> str | None:
-    """Why this decision must be refused, or None when every rule holds."""
+    """Why this decision must be refused, or None when every rule holds. `slack` is the verified
+    identity of a Slack click (then no code is needed); without it the code path's rules apply."""
     run = request.promotion_run_id
     if earlier is not None:
         return (
@@ -293,6 +393,13 @@ def refusal(
         return "reviewer: give the name of the person deciding"
     if verdict is Verdict.REJECT and not note.strip():
         return "reason: a rejection must say why"
+    if slack is not None:
+        return _slack_refusal(request, slack)
+    if request.require_verified_identity:
+        return (
+            f"promotion run {run} accepts only Slack decisions (a verified identity); click "
+            "Approve or Reject in the review message"
+        )
     allowed = {name.casefold() for name in request.allowed_reviewers}
     if allowed and reviewer.strip().casefold() not in allowed:
         return (
@@ -303,6 +410,25 @@ def refusal(
         return "approval code: missing; use the code from the review message"
     if not proof_matches(proof, request.verifier):
         return f"approval code: wrong code for promotion run {run}"
+    return None
+
+
+def _slack_refusal(request: ReviewRequest, slack: SlackIdentity) -> str | None:
+    run = request.promotion_run_id
+    if not request.slack_buttons:
+        return f"promotion run {run} was not offered to Slack buttons; decide with the code"
+    if request.slack_allow_list:
+        allowed = {*request.slack_reviewer_ids, *request.slack_group_members}
+        if slack.user_id not in allowed:
+            return (
+                f"Slack user {slack.handle} ({slack.user_id}) is not allowed to decide on "
+                f"promotion run {run} (allowed: {request.slack_allowed()})"
+            )
+    elif request.allowed_reviewers:
+        return (
+            f"promotion run {run} names its reviewers but no Slack identities "
+            f"({', '.join(request.allowed_reviewers)}); decide with the code"
+        )
     return None
 
 
@@ -340,6 +466,16 @@ def judged_decisions(
         except (ValueError, KeyError) as error:
             judged.append((entry, None, f"malformed decision record ({error})"))
             continue
+        slack_decision = entry.meta.get("path") == SLACK_PATH
+        if slack_decision and (
+            decision.slack is None
+            or entry.run_id != request.promotion_run_id
+            or entry.step_key != SIGN_OFF_STEP
+        ):
+            # Only the run's own sign_off verifies a click; a record claiming one from anywhere
+            # else is a forgery.
+            judged.append((entry, None, "a Slack decision not recorded by this run's sign_off"))
+            continue
         problem = refusal(
             request,
             verdict=decision.verdict,
@@ -349,6 +485,7 @@ def judged_decisions(
             proof=decision.proof,
             at=entry.timestamp,
             earlier=first,
+            slack=decision.slack if slack_decision else None,
         )
         if problem is None:
             first = decision
@@ -405,6 +542,39 @@ def review_request_observation(request: ReviewRequest) -> dg.AssetObservation:
     )
 
 
+def decision_observation(decision: Decision) -> dg.AssetObservation:
+    """A Slack decision as `sign_off` records it, from inside the run (see `judged_decisions`)."""
+    return dg.AssetObservation(
+        asset_key=APPROVALS_KEY,
+        description=f"{decision.verdict.done} by {decision.who()}: promotion run "
+        f"{decision.promotion_run_id}",
+        metadata=decision.metadata(),
+    )
+
+
+def slack_refusal_observation(
+    promotion_run_id: str, verdict: Verdict, slack: SlackIdentity, reason: str, source: str
+) -> dg.AssetObservation:
+    """A Slack click that broke a rule, recorded by `sign_off` with the verified identity."""
+    return dg.AssetObservation(
+        asset_key=APPROVALS_KEY,
+        description=f"Refused {verdict.value} of promotion run {promotion_run_id} by "
+        f"{slack.handle}",
+        metadata={
+            "kind": REFUSED,
+            "promotion_run_id": promotion_run_id,
+            "decision": verdict.value,
+            "reviewer": slack.handle,
+            "refused_at": utc_text(time.time()),
+            "refusal": reason,
+            "source": source,
+            "path": SLACK_PATH,
+            "identity_verified": True,
+            **slack.metadata(),
+        },
+    )
+
+
 def _report(instance: dg.DagsterInstance, description: str, metadata: dict[str, Any]) -> None:
     instance.report_runless_asset_event(
         dg.AssetObservation(asset_key=APPROVALS_KEY, description=description, metadata=metadata)
@@ -432,6 +602,8 @@ def _refuse(
             "refused_at": utc_text(time.time()),
             "refusal": reason,
             "source": source,
+            "path": CODE_PATH,
+            "identity_verified": False,
         },
     )
     return DecisionRefused(f"refused: {reason}")
@@ -508,7 +680,7 @@ def record_decision(
     )
     _report(
         instance,
-        f"{verdict.value.capitalize()}d by {decision.reviewer}: promotion run {promotion_run_id}",
+        f"{verdict.done} by {decision.reviewer}: promotion run {promotion_run_id}",
         decision.metadata(),
     )
     # Two deciders racing both pass the check above; the stored order settles it.
@@ -563,4 +735,7 @@ def decision_tags(decision: Decision) -> dict[str, str]:
         f"{TAG_PREFIX}/reviewer": decision.reviewer[:200],
         f"{TAG_PREFIX}/decided_at": decision.decided_at_utc,
         f"{TAG_PREFIX}/staging_run_id": decision.staging.run_id,
+        f"{TAG_PREFIX}/path": decision.path,
+        f"{TAG_PREFIX}/identity_verified": str(decision.identity_verified).lower(),
+        **({f"{TAG_PREFIX}/slack_user_id": decision.slack.user_id} if decision.slack else {}),
     }

@@ -7,12 +7,17 @@ Only accepted messages are recorded: a rejected or failed call never reached a p
 Fault injection: `POST /sandbox/notifications/faults {"sink", "status", "count"}` makes the next
 `count` calls to that sink answer `status` (before the body is even read, like an outage), so
 retry logic can be tested. Every sink goes through `Sinks.answer`, the one place faults apply.
+
+Each Slack message is kept with its blocks, a message `ts` and the review channel, as Slack keeps
+it: the Slack app stand-in (`slack_app`) clicks its buttons, as a given user, against the
+configured interactivity URL, and serves the `response_url` that edits it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from activation.sandbox import slack_app
 from activation.sandbox.context import SandboxContext
 
 SINKS = ("slack", "teams", "pagerduty")
@@ -53,6 +59,7 @@ class Sinks:
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
         self._faults: dict[str, tuple[int, int]] = {}  # sink -> (status, calls left)
+        self._posted = 0  # Slack messages so far, for their `ts`
 
     def reset(self) -> None:
         with self._lock:
@@ -91,14 +98,17 @@ class Sinks:
         verdict = judge(body)
         if isinstance(verdict, Accepted):
             with self._lock:
-                self._received.append(
-                    {
-                        "sink": sink,
-                        "path": request.url.path,
-                        "received_at": datetime.now(UTC).isoformat(),
-                        "body": verdict.body,
-                    }
-                )
+                record = {
+                    "sink": sink,
+                    "path": request.url.path,
+                    "received_at": datetime.now(UTC).isoformat(),
+                    "body": verdict.body,
+                }
+                if sink == "slack":  # where Slack keeps it: a channel and a message ts
+                    self._posted += 1
+                    record["ts"] = f"{int(time.time())}.{self._posted:06d}"
+                    record["channel"] = slack_app.CHANNEL_ID
+                self._received.append(record)
             return verdict.response
         return verdict
 
@@ -219,6 +229,8 @@ def _fault_problem(body: Any) -> str | None:
 def routes(context: SandboxContext) -> list[BaseRoute]:
     sinks = Sinks()
     context.on_reset(sinks.reset)
+    app, slack_routes = slack_app.routes(lambda: sinks.received("slack"))
+    context.on_reset(app.reset)
 
     async def slack(request: Request) -> Response:
         return await sinks.answer("slack", request, judge_slack)
@@ -258,4 +270,5 @@ def routes(context: SandboxContext) -> list[BaseRoute]:
         Route("/pagerduty/v2/enqueue", pagerduty, methods=["POST"]),
         Route("/sandbox/notifications", received, methods=["GET"]),
         Route("/sandbox/notifications/faults", faults, methods=["POST"]),
+        *slack_routes,
     ]

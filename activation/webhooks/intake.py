@@ -7,6 +7,13 @@ Routes:
   when a payload has no sync id).
 - `POST /webhooks/signal`: any caller, signed with `X-Activation-Timestamp` and
   `X-Activation-Signature` (see `signatures`). Body: `{"event_id": "...", "source": "..."}`.
+- `POST /webhooks/slack/interactions`: the Slack app's interactivity URL. Clicks on the Approve
+  and Reject buttons of promote review messages, signed by Slack with the app's signing secret
+  (`SLACK_SIGNING_SECRET`, see `slack`). A verified click is recorded, sealed, in the Slack store
+  (`slack_store`) for the waiting `sign_off` op, which judges it and answers through the click's
+  `response_url`; a click on a closed or expired review is answered here, ephemerally. Slack
+  always gets an empty 200 within milliseconds (it allows 3 s); the outcome is in the
+  `X-Activation-Click` header (pending, refused, ignored) for tests and logs.
 - `GET /webhooks/health`.
 
 Answers: 202 accepted (recorded), 200 ignored, 400 malformed body, 401 unsigned, 403 forged or
@@ -17,8 +24,10 @@ second run. Requests are checked in that order: size, signature, clock, body, re
 unauthenticated body is never parsed.
 
 The secret comes from `ACTIVATION_WEBHOOK_SECRET` and is never logged; a missing secret fails at
-start with the variable named. Serve it on 127.0.0.1 behind a TLS-terminating proxy
-(docs/event-driven.md).
+start with the variable named. `SLACK_SIGNING_SECRET` is optional, read at start too; without it
+the Slack route answers 503. Neither secret, a Slack request body (it echoes the review message,
+approval code included) nor a response URL is ever logged. Serve it on 127.0.0.1 behind a
+TLS-terminating proxy (docs/event-driven.md).
 """
 
 from __future__ import annotations
@@ -26,17 +35,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from activation.lib.environment import MissingSettingError
-from activation.webhooks import store
+from activation.lib.redaction import install_http_log_redaction
+from activation.lib.review_messages import ephemeral_slack_message
+from activation.webhooks import slack, slack_store, store
 from activation.webhooks.signatures import (
     DEFAULT_TOLERANCE_SECONDS,
     FIVETRAN_SIGNATURE_HEADER,
@@ -63,6 +77,11 @@ def webhook_secret() -> str:
             "(the same value configured as the webhook secret in Fivetran or the caller)."
         )
     return value
+
+
+def slack_signing_secret() -> str | None:
+    """The Slack app's signing secret, or None when Slack buttons are not used."""
+    return os.environ.get(slack.SIGNING_SECRET_VAR, "").strip() or None
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -123,12 +142,43 @@ async def read_bounded_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def closed_review_answer(path: Path, click: slack.Click, now: float) -> str | None:
+    """Why a click cannot count, when the store already says so (the review is closed, expired
+    or unknown); None while the review is open (the waiting `sign_off` op judges it)."""
+    review = slack_store.review(path, click.binding.promotion_run_id)
+    run = click.binding.promotion_run_id
+    if review is None:
+        return f"No promote run is waiting for this message (promotion run {run})."
+    if review.closed_at is not None:
+        return f"Nothing changed: promotion run {run} is closed ({review.outcome})."
+    if now > review.expires_at:
+        return f"Nothing changed: the approval of promotion run {run} has expired."
+    return None
+
+
+async def _tell(response_url: str, text: str) -> None:
+    """Answer the clicking user only (best effort; the URL is never logged)."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            answer = await client.post(response_url, json=ephemeral_slack_message(text))
+        if answer.status_code >= 300:
+            logger.warning("Slack did not take the answer to a click: HTTP %s", answer.status_code)
+    except httpx.HTTPError as error:
+        logger.warning("Slack did not take the answer to a click: %s", type(error).__name__)
+
+
 def build_intake_app(
     secret: str,
     db_path: Path,
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    slack_secret: str | None = None,
+    slack_db_path: Path | None = None,
 ) -> Starlette:
     store.initialise(db_path)
+    install_http_log_redaction()
+    slack_path = slack_db_path or slack_store.store_path()
+    if slack_secret:
+        slack_store.initialise(slack_path)
 
     def accept(event_id: str, source: str, payload: dict[str, Any]) -> JSONResponse:
         try:
@@ -162,8 +212,47 @@ def build_intake_app(
         source = _text(payload, "source", required=False) or "signal"
         return accept(f"signal:{event_id}", source, payload)
 
+    async def slack_interactions(request: Request, body: bytes) -> Response:
+        if not slack_secret:
+            raise Rejection(503, f"not configured: {slack.SIGNING_SECRET_VAR} is not set")
+        timestamp = request.headers.get(slack.TIMESTAMP_HEADER)
+        signed = request.headers.get(slack.SIGNATURE_HEADER)
+        slack.verify(slack_secret, body, timestamp, signed)
+        assert timestamp is not None and signed is not None  # verify refuses them missing
+        click = slack.parse_click(body, int(timestamp))
+        if click is None:
+            return Response(status_code=200, headers={"X-Activation-Click": "ignored"})
+        answer = closed_review_answer(slack_path, click, time.time())
+        try:
+            slack_store.record_click(
+                slack_path,
+                slack.request_digest(signed),
+                click,
+                slack.attest(slack_secret, click),
+                status=slack_store.PENDING if answer is None else slack_store.REFUSED,
+                outcome=answer or "",
+            )
+        except slack_store.DuplicateClick:
+            logger.warning("replayed Slack request refused (%s)", click.user_id)
+            raise Rejection(409, "replayed: this Slack request was already received") from None
+        logger.info(
+            "Slack click: %s of promotion run %s by %s (%s)%s",
+            click.verdict,
+            click.binding.promotion_run_id,
+            click.user_id,
+            click.user_name,
+            "" if answer is None else "; refused, the review is not open",
+        )
+        if answer is None:
+            return Response(status_code=200, headers={"X-Activation-Click": "pending"})
+        return Response(
+            status_code=200,
+            headers={"X-Activation-Click": "refused"},
+            background=BackgroundTask(_tell, click.response_url, answer),
+        )
+
     def guarded(handler: Callable) -> Callable:
-        async def endpoint(request: Request) -> JSONResponse:
+        async def endpoint(request: Request) -> Response:
             try:
                 body = await read_bounded_body(request, MAX_BODY_BYTES)
                 return await handler(request, body)
@@ -185,6 +274,7 @@ def build_intake_app(
         routes=[
             Route("/webhooks/fivetran", guarded(fivetran), methods=["POST"]),
             Route("/webhooks/signal", guarded(signal), methods=["POST"]),
+            Route("/webhooks/slack/interactions", guarded(slack_interactions), methods=["POST"]),
             Route("/webhooks/health", health, methods=["GET"]),
         ]
     )
@@ -193,6 +283,11 @@ def build_intake_app(
 def serve(host: str, port: int, tolerance_seconds: float, db_path: Path | None = None) -> None:
     import uvicorn
 
-    app = build_intake_app(webhook_secret(), db_path or store.events_db_path(), tolerance_seconds)
+    app = build_intake_app(
+        webhook_secret(),
+        db_path or store.events_db_path(),
+        tolerance_seconds,
+        slack_secret=slack_signing_secret(),
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,14 +1,19 @@
-"""Helpers for tests/integration/test_promotion.py: run `promote` while a reviewer answers.
+"""Helpers for tests/integration/test_promotion.py and test_slack_approval.py: run `promote`
+while a reviewer answers.
 
 The reviewer reads the review message from the sandbox's Slack sink (where a real reviewer reads
 it), takes the run id, staging run id and approval code from it, and decides through the CLI (in
-a subprocess or in process), the `sign_off_decision` job, or a raw observation.
+a subprocess or in process), the `sign_off_decision` job, a raw observation, or by clicking the
+message's buttons through the sandbox's Slack stand-in (`SlackStandIn`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import httpx
 
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling import cli
@@ -41,12 +47,15 @@ class Invitation:
     slack_text: str
 
 
-def wait_for_invitation(sandbox: SandboxProcess, timeout: float = 60.0) -> Invitation:
+def wait_for_invitation(
+    sandbox: SandboxProcess, timeout: float = 60.0, skip: frozenset[str] = frozenset()
+) -> Invitation:
+    """The first review message in the Slack sink whose promote run is not in `skip`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for message in sandbox.notifications("slack"):
             match = _APPROVE.search(message["body"].get("text", ""))
-            if match:
+            if match and match["run"] not in skip:
                 return Invitation(
                     match["run"], match["code"], match["staging"], message["body"]["text"]
                 )
@@ -79,6 +88,8 @@ class Reviewer:
 
     sandbox: SandboxProcess
     act: Callable[[Invitation], Any]
+    skip: frozenset[str] = frozenset()
+    """Promote runs whose review messages are not this reviewer's (earlier runs)."""
     invitation: Invitation | None = None
     outcome: Any = None
     error: BaseException | None = None
@@ -91,7 +102,7 @@ class Reviewer:
 
     def _run(self) -> None:
         try:
-            self.invitation = wait_for_invitation(self.sandbox)
+            self.invitation = wait_for_invitation(self.sandbox, skip=self.skip)
             self.outcome = self.act(self.invitation)
         except BaseException as error:  # re-raised in the test thread by `join`
             self.error = error
@@ -201,3 +212,106 @@ def run_step_metadata(instance: dg.DagsterInstance, run_id: str, step: str) -> d
         for name, value in event.event_specific_data.metadata.items():
             values[name] = value.value
     return values
+
+
+# -- Slack: the sandbox's Slack app stand-in, and requests to the intake as an attacker sends them -
+
+
+@dataclass
+class SlackStandIn:
+    """Clicks buttons of posted messages as a given Slack user, through the sandbox."""
+
+    sandbox: SandboxProcess
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self.sandbox.client() as http:
+            response = http.request(method, path, **kwargs)
+            response.raise_for_status()
+            return response.json()
+
+    def click(
+        self,
+        action_id: str,
+        user_id: str,
+        user_name: str,
+        *,
+        reason: str = "",
+        message_ts: str | None = None,
+        send: bool = True,
+    ) -> dict[str, Any]:
+        """The sandbox's answer: the intake's `status`, `outcome` and the signed `request`."""
+        body: dict[str, Any] = {
+            "action_id": action_id,
+            "user_id": user_id,
+            "user_name": user_name,
+            "reason": reason,
+            "send": send,
+        }
+        if message_ts is not None:
+            body["message_ts"] = message_ts
+        return self._call("POST", "/sandbox/slack/click", json=body)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/sandbox/slack/messages")
+
+    def message(self, ts: str) -> dict[str, Any]:
+        (found,) = [m for m in self.messages() if m["ts"] == ts]
+        return found
+
+    def ephemeral(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"user": user_id} if user_id else None
+        return self._call("GET", "/sandbox/slack/ephemeral", params=params)
+
+    def set_usergroup(self, group_id: str, users: list[str]) -> None:
+        self._call("POST", "/sandbox/slack/usergroups", json={"id": group_id, "users": users})
+
+    def review_message(self, promotion_run_id: str) -> dict[str, Any]:
+        """The posted message whose buttons are bound to this promote run."""
+        for message in self.messages():
+            binding = button_binding(message["posted"])
+            if binding and binding["promotion_run_id"] == promotion_run_id:
+                return message
+        raise AssertionError(f"no review message with buttons for promotion run {promotion_run_id}")
+
+    def wait_for_ephemeral(
+        self, user_id: str, contains: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for answer in self.ephemeral(user_id):
+                if contains in answer.get("text", ""):
+                    return answer
+            time.sleep(0.1)
+        raise AssertionError(f"no ephemeral answer to {user_id} containing {contains!r}")
+
+
+def button_binding(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The value of the message's Approve button, decoded (None without buttons)."""
+    for block in message.get("blocks") or []:
+        if block.get("type") == "actions":
+            for element in block.get("elements") or []:
+                if element.get("action_id") == "activation_approve":
+                    return json.loads(element["value"])
+    return None
+
+
+def post_interaction(
+    request: dict[str, Any], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """Send a (captured) interaction request to the intake as is, or with other headers."""
+    return httpx.post(
+        request["url"],
+        content=request["body"].encode(),
+        headers=headers or request["headers"],
+        timeout=10,
+    )
+
+
+def signed_headers(body: str, secret: str, timestamp: int) -> dict[str, str]:
+    """Slack's signature headers for `body`, computed here (as someone holding `secret` would)."""
+    base = f"v0:{timestamp}:".encode() + body.encode()
+    return {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": str(timestamp),
+        "X-Slack-Signature": "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest(),
+    }

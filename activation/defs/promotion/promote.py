@@ -12,11 +12,13 @@ skips the others (they take no pool slot).
 
 Both syncs go through the one sync path (`activation.core.sync_path.sync_destination`): the quality
 gate, the pool, re-attach, the failed-rows policy. `request_review` posts the staging run's counts
-and a one-time approval code to Slack and Teams; `sign_off` waits until a valid decision is
-recorded for this run (see `activation.core.approvals`), given with `activation approve|reject` or
-by launching the small `sign_off_decision` job from the Launchpad (op and job names share one
-namespace in Dagster, so it cannot be `sign_off`). A rejection or an expired wait fails the run
-before production, so production is never triggered.
+and a one-time approval code to Slack and Teams, and, when the Slack app's signing secret is
+configured, Approve / Reject buttons to Slack; `sign_off` waits until a valid decision is recorded
+for this run (see `activation.core.approvals`), given with `activation approve|reject`, by
+launching the small `sign_off_decision` job from the Launchpad (op and job names share one
+namespace in Dagster, so it cannot be `sign_off`), or by a Slack click relayed from the intake
+(`activation.defs.promotion.sign_off`). A rejection or an expired wait fails the run before
+production, so production is never triggered.
 
 An approval is bound to the run family, the staging Hightouch run, the destination's production
 sync and the full-resync flag. The production step re-reads the approval from the records, refuses
@@ -27,9 +29,11 @@ refused.
 This module must not use `from __future__ import annotations`: Dagster reads the op signatures.
 """
 
+import os
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import dagster as dg
 from pydantic import Field
@@ -43,10 +47,8 @@ from activation.core.approvals import (
     code_proof,
     code_verifier,
     decision_tags,
-    judged_decisions,
     new_approval_code,
     public_metadata,
-    read_entries,
     review_request_observation,
     utc_text,
     verified_approval,
@@ -54,11 +56,20 @@ from activation.core.approvals import (
 from activation.core.approvals import Decision as SignOff
 from activation.core.sync_path import Stage, SyncOptions, run_family, sync_destination
 from activation.dagster_api import tag_run
+from activation.defs.promotion.sign_off import (
+    SlackRelay,
+    await_decision,
+    open_slack_review,
+    outcome_text,
+    slack_group_members,
+)
 from activation.lib.destinations import Destination, load_destinations
 from activation.lib.notify import NotificationError
 from activation.lib.review_messages import (
+    ButtonBinding,
     ReviewInvitation,
     RunSummary,
+    how_to_decide,
     outcome_slack_message,
     outcome_teams_card,
     review_slack_message,
@@ -74,6 +85,15 @@ from activation.resources import (
 
 PROMOTION_GROUP = "promotion"
 PROMOTE_JOB = "promote"
+DAGSTER_URL_VAR = "ACTIVATION_DAGSTER_URL"
+FALLBACK_DAGSTER_URL = "http://127.0.0.1:3000"
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+SLACK_GROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+
+
+def default_dagster_url() -> str:
+    """ACTIVATION_DAGSTER_URL when set (by `activation dev` and the test stack), else port 3000."""
+    return os.environ.get(DAGSTER_URL_VAR, "").strip().rstrip("/") or FALLBACK_DAGSTER_URL
 
 
 class PromotionFormError(ValueError):
@@ -95,8 +115,26 @@ class PromotionConfig(dg.Config):
     )
     allowed_reviewers: list[str] = Field(
         default=[],
-        description="Names allowed to decide (compared case-insensitively). Empty: anyone "
-        "holding the approval code.",
+        description="Names allowed to decide with the code, from the CLI or sign_off_decision "
+        "(compared case-insensitively; a claim, not an identity). Empty: anyone holding the "
+        "approval code.",
+    )
+    slack_reviewer_ids: list[str] = Field(
+        default=[],
+        description="Slack user ids (U... or W...) allowed to decide with the Approve / Reject "
+        "buttons of the Slack message; Slack authenticates who clicked. Empty with no group: "
+        "anyone in the review channel, unless allowed_reviewers names people (then the buttons "
+        "are refused and the code decides).",
+    )
+    slack_reviewer_group: str = Field(
+        default="",
+        description="A Slack user-group id (S...) whose members may click too; members are read "
+        "when the review is requested (needs SLACK_BOT_TOKEN with usergroups:read).",
+    )
+    require_verified_identity: bool = Field(
+        default=False,
+        description="Accept only Slack clicks (a verified identity): decisions with the code "
+        "(CLI, sign_off_decision) are refused for this run.",
     )
     approval_timeout_seconds: float = Field(
         default=4 * 3600.0,
@@ -114,8 +152,10 @@ class PromotionConfig(dg.Config):
         description="Post them to Microsoft Teams as Adaptive Cards (needs TEAMS_WEBHOOK_URL).",
     )
     dagster_url: str = Field(
-        default="http://127.0.0.1:3000",
-        description="Base URL of the Dagster UI, for the run link in the messages.",
+        default=default_dagster_url(),
+        description="Base URL of the Dagster UI, for the run link in the messages. Default: "
+        f"${DAGSTER_URL_VAR} as it was when the code location loaded (`activation dev` and the "
+        f"test stack set it), else {FALLBACK_DAGSTER_URL}.",
     )
 
     def problems(self, promotable: Sequence[str]) -> list[str]:
@@ -137,7 +177,25 @@ class PromotionConfig(dg.Config):
             )
         if any(not name.strip() for name in self.allowed_reviewers):
             found.append("allowed_reviewers: names must not be blank")
+        bad_ids = [i for i in self.slack_reviewer_ids if not SLACK_USER_ID.match(i.strip())]
+        if bad_ids:
+            found.append(
+                f"slack_reviewer_ids: {', '.join(map(repr, bad_ids))} are not Slack user ids "
+                "(U... or W..., from a profile's 'Copy member ID')"
+            )
+        group = self.slack_reviewer_group.strip()
+        if group and not SLACK_GROUP_ID.match(group):
+            found.append(f"slack_reviewer_group: {group!r} is not a Slack user-group id (S...)")
+        if (self.slack_allow_list or self.require_verified_identity) and not self.notify_slack:
+            found.append(
+                "notify_slack: Slack reviewers or require_verified_identity need the Slack "
+                "message (its buttons)"
+            )
         return found
+
+    @property
+    def slack_allow_list(self) -> bool:
+        return bool(self.slack_reviewer_ids or self.slack_reviewer_group.strip())
 
 
 @dataclass(frozen=True)
@@ -204,36 +262,44 @@ def _tell_outcome(
         context.log.warning(f"Could not post the outcome: {error}")
 
 
-def _await_decision(
-    context: dg.OpExecutionContext, review: ReviewRequest, poll_seconds: float
-) -> SignOff | None:
-    """The first valid decision on this run, or None once the approval expires. Void decisions
-    and refusals are logged as warnings once each, so the run shows every attempt."""
-    reported: set[int] = set()
-    while True:
-        entries = read_entries(context.instance, since=review.requested_at - 1)
-        decision = None
-        for entry, valid, problem in judged_decisions(review, entries):
-            decision = decision or valid
-            if problem and entry.storage_id not in reported:
-                reported.add(entry.storage_id)
-                context.log.warning(
-                    f"Ignored a decision by {entry.meta.get('reviewer')!r}: {problem}"
-                )
-        for entry in entries:
-            mine = entry.meta.get("promotion_run_id") == review.promotion_run_id
-            if entry.kind == "refused" and mine and entry.storage_id not in reported:
-                reported.add(entry.storage_id)
-                context.log.warning(
-                    f"Refused a {entry.meta.get('decision')} by {entry.meta.get('reviewer')!r}: "
-                    f"{entry.meta.get('refusal')}"
-                )
-        if decision is not None:
-            return replace(decision, proof="")  # the proof stays in the approvals record only
-        remaining = review.expires_at - time.time()
-        if remaining <= 0:
-            return None
-        time.sleep(min(poll_seconds, remaining))
+def _slack_buttons(config: PromotionConfig, slack: SlackWebhookResource) -> bool:
+    """Whether the Slack message carries Approve / Reject buttons: Slack is notified and the
+    code location holds the Slack app's signing secret (to check the clicks). A form that relies
+    on Slack identities without it fails here, before anything is posted."""
+    buttons = config.notify_slack and bool(slack.signing_secret)
+    if (config.slack_allow_list or config.require_verified_identity) and not buttons:
+        raise dg.Failure(
+            description="slack_reviewer_ids / slack_reviewer_group / require_verified_identity "
+            "need the Slack buttons, and the code location has no Slack signing secret: set "
+            "SLACK_SIGNING_SECRET (the Slack app's signing secret). Nothing was posted.",
+            allow_retries=False,
+        )
+    return buttons
+
+
+def _invitation(request: ReviewRequest, config: PromotionConfig, code: str) -> ReviewInvitation:
+    """The review message's content (`code` empty: as it reads once decided)."""
+    return ReviewInvitation(
+        promotion_run_id=request.promotion_run_id,
+        promotion_run_url=f"{config.dagster_url.rstrip('/')}/runs/{request.promotion_run_id}",
+        staging=request.staging,
+        production_sync=request.production_sync,
+        code=code,
+        expires_at=utc_text(request.expires_at),
+        allowed_reviewers=request.allowed_reviewers,
+        dagster_home=os.environ.get("DAGSTER_HOME") or None,
+        buttons=ButtonBinding(
+            promotion_run_id=request.promotion_run_id,
+            run_family=request.run_family or request.promotion_run_id,
+            staging_run_id=request.staging.run_id,
+            production_sync=request.production_sync,
+            destination=request.destination,
+        )
+        if request.slack_buttons
+        else None,
+        slack_reviewers=request.slack_reviewer_ids,
+        slack_group=request.slack_reviewer_group,
+    )
 
 
 def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
@@ -303,6 +369,8 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
     ) -> dg.Output[ReviewRequest]:
         (summary,) = staging  # promotion_target started exactly one branch
         destination = by_key[config.destination.strip()]
+        buttons = _slack_buttons(config, slack)
+        members = slack_group_members(config.slack_reviewer_group.strip(), slack)
         code = new_approval_code()
         now = time.time()
         request = ReviewRequest(
@@ -316,18 +384,17 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
             destination=destination.key,
             run_family=run_family(context),
             full_resync=config.full_resync,
+            slack_buttons=buttons,
+            slack_reviewer_ids=tuple(i.strip() for i in config.slack_reviewer_ids),
+            slack_reviewer_group=config.slack_reviewer_group.strip(),
+            slack_group_members=members,
+            require_verified_identity=config.require_verified_identity,
         )
         # Recorded before posting: a reviewer quick enough to answer at once must find it.
         context.log_event(review_request_observation(request))
-        invitation = ReviewInvitation(
-            promotion_run_id=context.run_id,
-            promotion_run_url=f"{config.dagster_url.rstrip('/')}/runs/{context.run_id}",
-            staging=summary,
-            production_sync=request.production_sync,
-            code=code,
-            expires_at=utc_text(request.expires_at),
-            allowed_reviewers=request.allowed_reviewers,
-        )
+        if buttons:
+            open_slack_review(request)
+        invitation = _invitation(request, config, code)
         try:
             reached = _notify(
                 config,
@@ -357,15 +424,17 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
                 "expires_at": utc_text(request.expires_at),
                 "allowed_reviewers": ", ".join(request.allowed_reviewers)
                 or "(anyone with the code)",
+                "slack_buttons": buttons,
+                "slack_allowed": request.slack_allowed() or "(anyone in the channel)",
             },
         )
 
     @dg.op(
         name="sign_off",
         out={key: dg.Out(SignOff, is_required=False) for key in keys},
-        description="Waits for a valid approve or reject of this run (CLI or the "
-        "sign_off_decision job); fails on rejection or when the approval expires, so production "
-        "is never triggered.",
+        description="Waits for a valid approve or reject of this run (CLI, the "
+        "sign_off_decision job, or a Slack click relayed from the intake); fails on rejection or "
+        "when the approval expires, so production is never triggered.",
     )
     def sign_off(
         context: dg.OpExecutionContext,
@@ -374,7 +443,28 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
         slack: SlackWebhookResource,
         teams: TeamsWebhookResource,
     ):
-        decision = _await_decision(context, review, config.poll_interval_seconds)
+        context.log.info(
+            f"Waiting for a decision on promotion run {review.promotion_run_id} until "
+            f"{utc_text(review.expires_at)}. Decide with one of:\n"
+            + how_to_decide(
+                review.promotion_run_id,
+                review.staging.run_id,
+                dagster_home=os.environ.get("DAGSTER_HOME") or None,
+                slack_buttons=review.slack_buttons,
+            )
+        )
+        relay = (
+            SlackRelay(context, review, slack.signing_secret, _invitation(review, config, ""))
+            if review.slack_buttons
+            else None
+        )
+        outcome = "the promote run stopped waiting"
+        try:
+            decision = await_decision(context, review, config.poll_interval_seconds, relay)
+            outcome = "expired" if decision is None else outcome_text(decision)
+        finally:
+            if relay is not None:
+                relay.close(outcome)
         if decision is None:
             detail = (
                 f"approval expired at {utc_text(review.expires_at)}: no decision on promotion "
@@ -403,12 +493,12 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
         tag_run(context.instance, context.run_id, decision_tags(decision))
         if decision.verdict is Verdict.REJECT:
             detail = (
-                f"rejected by {decision.reviewer} at {decision.decided_at_utc}: {decision.note}; "
+                f"rejected by {decision.who()} at {decision.decided_at_utc}: {decision.note}; "
                 f"production sync {review.production_sync} was not triggered"
             )
             _tell_outcome(context, config, slack, teams, "Promotion rejected", None, detail)
             raise dg.Failure(description=detail, metadata=metadata)
-        context.log.info(f"Approved by {decision.reviewer} at {decision.decided_at_utc}")
+        context.log.info(f"Approved by {decision.who()} at {decision.decided_at_utc}")
         yield dg.Output(decision, output_name=review.destination, metadata=metadata)
 
     def production_op(destination: Destination) -> dg.OpDefinition:
@@ -462,6 +552,13 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
                     "approved_by": approval.reviewer,
                     "approved_at": approval.decided_at_utc,
                     "approval_decision_id": approval.decision_id,
+                    "approval_path": approval.path,
+                    "identity_verified": approval.identity_verified,
+                    **(
+                        {"approved_by_slack_user_id": approval.slack.user_id}
+                        if approval.slack
+                        else {}
+                    ),
                     "promotion_run_id": request.promotion_run_id,
                 },
             )
@@ -483,7 +580,7 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
     ) -> dg.Output[None]:
         (done,) = promoted
         approval, production = done.approval, done.summary
-        detail = f"Approved by {approval.reviewer} at {approval.decided_at_utc}"
+        detail = f"Approved by {approval.who()} at {approval.decided_at_utc}"
         if approval.note:
             detail += f": {approval.note}"
         headline = f"Promoted {approval.destination} to production sync {production.sync_id}"
