@@ -23,7 +23,7 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 dev: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/activation dev
