@@ -166,8 +166,11 @@ def pagerduty_events_url() -> str:
 def build_dbt_resource() -> DbtCliResource:
     # The dbt installed beside this interpreter, so a run works whether or not the virtualenv's
     # bin folder is on PATH (pytest, the daemon and `dagster dev` are not always started from it).
-    beside_python = Path(sys.executable).parent / "dbt"
-    executable = str(beside_python) if beside_python.exists() else "dbt"
+    # Through `activation-dbt` when installed: it answers dagster-dbt's `dbt --version`, asked
+    # before every dbt command, without starting dbt (activation/tooling/dbt_executable.py).
+    bin_folder = Path(sys.executable).parent
+    launcher, beside_python = bin_folder / "activation-dbt", bin_folder / "dbt"
+    executable = next((str(p) for p in (launcher, beside_python) if p.exists()), "dbt")
     return DbtCliResource(
         project_dir=dbt_project,
         target=dbt_project.target,
