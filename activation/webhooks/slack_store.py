@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from activation.lib.paths import data_dir
 from activation.webhooks.slack import Click
+from activation.webhooks.store import connect_store
 
 PENDING = "pending"
 ACCEPTED = "accepted"
@@ -89,20 +88,8 @@ class Review:
     outcome: str
 
 
-@contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.touch(mode=0o600)
-    connection = sqlite3.connect(path, timeout=10)
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
 def initialise(path: Path) -> None:
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         connection.execute("pragma journal_mode=wal")
         for statement in SCHEMA:
             connection.execute(statement)
@@ -112,7 +99,7 @@ def initialise(path: Path) -> None:
 def open_review(path: Path, promotion_run_id: str, run_family: str, expires_at: float) -> None:
     """Called by `request_review` before it posts the buttons."""
     initialise(path)
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         connection.execute(
             "insert or replace into reviews (promotion_run_id, run_family, opened_at, expires_at) "
             "values (?, ?, ?, ?)",
@@ -125,7 +112,7 @@ def close_review(path: Path, promotion_run_id: str, outcome: str) -> None:
     """Called by `sign_off` once the run is decided or expired; later clicks get `outcome`."""
     if not path.exists():
         return
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         connection.execute(
             "update reviews set closed_at = ?, outcome = ? where promotion_run_id = ?",
             (time.time(), outcome, promotion_run_id),
@@ -134,7 +121,7 @@ def close_review(path: Path, promotion_run_id: str, outcome: str) -> None:
 
 
 def review(path: Path, promotion_run_id: str) -> Review | None:
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         row = connection.execute(
             "select promotion_run_id, run_family, expires_at, closed_at, outcome from reviews "
             "where promotion_run_id = ?",
@@ -154,7 +141,7 @@ def record_click(
 ) -> StoredClick:
     """Record a verified click; raises `DuplicateClick` if this signed request was seen before."""
     received_at = time.time()
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         try:
             cursor = connection.execute(
                 "insert into clicks (request_digest, promotion_run_id, run_family, received_at, "
@@ -190,7 +177,7 @@ def pending_clicks(path: Path, run_family: str) -> list[StoredClick]:
     not a click at all (written by hand) is settled void at once."""
     if not path.exists():
         return []
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         rows = connection.execute(
             "select seq, click, attestation, received_at, status, outcome from clicks "
             "where run_family = ? and status = ? order by seq",
@@ -207,7 +194,7 @@ def pending_clicks(path: Path, run_family: str) -> list[StoredClick]:
 
 
 def settle(path: Path, seq: int, status: str, outcome: str) -> None:
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         connection.execute(
             "update clicks set status = ?, outcome = ? where seq = ?", (status, outcome, seq)
         )
@@ -218,7 +205,7 @@ def all_clicks(path: Path) -> list[StoredClick]:
     """Every click recorded, oldest first (for inspection and tests)."""
     if not path.exists():
         return []
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         rows = connection.execute(
             "select seq, click, attestation, received_at, status, outcome from clicks order by seq"
         ).fetchall()

@@ -49,10 +49,13 @@ class DuplicateEvent(Exception):
 
 
 @contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+def connect_store(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to one of the intake's SQLite stores, created readable by this user only."""
     # Read-write even for the sensor's reads: a read-only reader of a WAL file fails when the
     # shared-memory file is absent (after the intake's last connection closed).
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.touch(mode=0o600)
     connection = sqlite3.connect(path, timeout=10)
     try:
         yield connection
@@ -62,7 +65,7 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
 
 def initialise(path: Path) -> None:
     """Create the file and table (the intake does it at start, so a bad path fails at once)."""
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         connection.execute("pragma journal_mode=wal")
         connection.execute(SCHEMA)
         connection.commit()
@@ -71,7 +74,7 @@ def initialise(path: Path) -> None:
 def record(path: Path, event_id: str, source: str, payload: dict) -> Event:
     """Record an accepted event; raises `DuplicateEvent` if its id was recorded before."""
     received_at = time.time()
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         try:
             cursor = connection.execute(
                 "insert into events (event_id, source, received_at, payload) values (?, ?, ?, ?)",
@@ -87,7 +90,7 @@ def events_after(path: Path, seq: int, limit: int = 100) -> list[Event]:
     """Events recorded after `seq`, oldest first; none when the intake has not run yet."""
     if not path.exists():
         return []
-    with _connect(path) as connection:
+    with connect_store(path) as connection:
         rows = connection.execute(
             "select seq, event_id, source, received_at, payload from events "
             "where seq > ? order by seq limit ?",
