@@ -133,6 +133,16 @@ def destination_state(
     return {d.key: sandbox.records(d.destination_type, d.object) for d in destinations}
 
 
+def _reported_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Each destination's status in the latest run summary."""
+    from activation.core.run_summary import REPORT_KEY
+
+    records = instance.fetch_materializations(REPORT_KEY, limit=1).records
+    materialization = records[0].event_log_entry.asset_materialization if records else None
+    value = materialization.metadata.get("statuses") if materialization else None
+    return {str(k): str(v) for k, v in dict(value.value).items()} if value else {}  # type: ignore[arg-type]
+
+
 def _table(result: ChainResult, destinations: tuple[Destination, ...]) -> str:
     rows = [f"  {'destination':<22}{'added':>8}{'changed':>9}{'removed':>9}{'failed':>8}  run id"]
     for d in destinations:
@@ -203,6 +213,12 @@ def run_demo(folder: Path | None = None) -> int:
         print(f"  Hightouch triggers during the bad run: {new_triggers}")
         unchanged = [d.key for d in destinations if after[d.key] == before[d.key]]
         print(f"  destinations unchanged: {len(unchanged)} of {len(destinations)}")
+        statuses = _reported_statuses(instance)
+        print("  the run summary (activate/activation_report, Slack) says:")
+        for d in destinations:
+            print(f"    {d.key}: {statuses.get(d.key, '(not reported)')}")
+            if not str(statuses.get(d.key, "")).startswith("blocked by"):
+                problems.append(f"{d.key} is not reported as blocked by the failing checks")
         if bad.success or not bad.failed_checks:
             problems.append("the bad run was not stopped by a failing blocking check")
         if new_triggers or bad.syncs:
