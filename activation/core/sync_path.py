@@ -282,6 +282,39 @@ def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]
     return metadata
 
 
+# Resource fields that say where a secret or the rows go. A run config may tune timeouts, never
+# these: an operator with Launchpad access could otherwise send the Hightouch token, the owners'
+# pages or the run summaries to an address of their choosing.
+PINNED_RESOURCE_FIELDS = {
+    "hightouch": ("api_base_url", "api_token", "app_url"),
+    "slack": ("webhook_url", "signing_secret", "bot_token", "api_base_url"),
+    "teams": ("webhook_url",),
+    "pagerduty": ("events_url",),
+}
+
+
+def _check_run_config(context: StepContext, destination: Destination) -> None:
+    """Refuse, before any request, a run whose config overrides where secrets and rows go."""
+    def config_of(name: str) -> Mapping[str, object]:
+        resources = (context.run.run_config or {}).get("resources")
+        resource = resources.get(name) if isinstance(resources, Mapping) else None
+        config = resource.get("config") if isinstance(resource, Mapping) else None
+        return config if isinstance(config, Mapping) else {}
+
+    overridden = sorted(
+        f"resources.{name}.config.{field}"
+        for name, fields in PINNED_RESOURCE_FIELDS.items()
+        for field in fields
+        if field in config_of(name)
+    )
+    if overridden:
+        raise SyncRefused(
+            destination,
+            f"the run config overrides {', '.join(overridden)}; endpoints and secrets come "
+            "from the code location's environment only",
+        )
+
+
 def _check_pool(context: StepContext, destination: Destination) -> None:
     """Every step that syncs a destination must hold its pool; a job that forgot would let two
     runs write one CRM object at once, so it is refused before anything is sent."""
@@ -318,6 +351,7 @@ def sync_destination(
     they are logged as evaluations of the sync asset's checks. An op caller gets the sync asset's
     materialization logged here; an asset step returns `result.metadata` itself.
     """
+    _check_run_config(context, destination)
     key = sync_asset_key_for(destination.key)
     decided: list[PreSyncVerdict] = [] if verdicts is None else verdicts
 

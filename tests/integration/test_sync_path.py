@@ -13,14 +13,16 @@ Three proofs, from the weakest to the strongest:
 from __future__ import annotations
 
 import ast
+import http.server
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 import pytest
 
-from activation.lib.destinations import Destination, load_destinations
+from activation.lib.destinations import Destination, load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
 from tests.support.gate_support import chain_sandbox
 
@@ -87,6 +89,7 @@ def _sync_keys() -> list[dg.AssetKey]:
 
 
 ALL = frozenset(d.key for d in load_destinations())
+CONTACTS = "salesforce_contacts"
 # Declared `after` another: when that one is refused, these are skipped by design, not attacked.
 DEPENDENTS = frozenset(d.key for d in load_destinations() if d.after)
 Launched = list[tuple[Any, frozenset[str]]]  # (run result, destinations it must have refused)
@@ -212,4 +215,64 @@ def test_the_gate_map_cannot_be_emptied_from_run_config(
                 if entry.step_key and GATE_REFUSAL in (entry.user_message or "")
             }
             assert refused == ALL - DEPENDENTS
+    assert sandbox.trigger_counts() == {}
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    """An address an intruder controls: it records every request and what it carried."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _record(self) -> None:
+        type(self).seen.append(f"{self.command} {self.path} {self.headers.get('Authorization')}")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = _record
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_run_config_cannot_send_the_token_or_the_pages_elsewhere(
+    definitions: dg.Definitions, sandbox: SandboxProcess
+) -> None:
+    """An operator with Launchpad access points the Hightouch resource (and the pager) at an
+    address of their own in run config. The sync path refuses before any request: the listener
+    receives nothing, so the API token never leaves for it, and nothing is triggered."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    elsewhere = f"http://127.0.0.1:{server.server_address[1]}"
+    job = definitions.resolve_job_def("activate")
+    attacks = {
+        # The token itself stays out of the run config: Dagster reads it from the environment.
+        "resources.hightouch.config.api_base_url": {
+            "hightouch": {"api_base_url": elsewhere, "api_token": {"env": "HIGHTOUCH_API_TOKEN"}}
+        },
+        "resources.pagerduty.config.events_url": {"pagerduty": {"events_url": elsewhere}},
+    }
+    try:
+        with dg.instance_for_test() as instance:
+            for field, override in attacks.items():
+                run_config = {
+                    "resources": {name: {"config": cfg} for name, cfg in override.items()}
+                }
+                result = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=[sync_asset_key_for(CONTACTS)],
+                    run_config=run_config,
+                    raise_on_error=False,
+                )
+                assert not _synced(result)
+                failures = [
+                    e.step_failure_data.user_failure_data.description or ""
+                    for e in result.all_events
+                    if e.is_step_failure and e.step_failure_data.user_failure_data
+                ]
+                assert any(f"overrides {field}" in text for text in failures), failures
+    finally:
+        server.shutdown()
+    assert _Listener.seen == []
     assert sandbox.trigger_counts() == {}
