@@ -22,7 +22,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from activation.lib.destinations import load_destinations
 from activation.lib.paths import PROJECT_ROOT
-from activation.tooling.stack import Stack, running_stack
+from activation.tooling.stack import Stack
+from tests.support.e2e_stack import e2e_stack
 
 T = TypeVar("T")
 
@@ -51,12 +52,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("browser")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        patch.setenv("ACTIVATION_WEBHOOK_SECRET", SECRET)
-        with running_stack(root, "--phase-seconds", "0.05", "--rows", "200") as running:
-            yield running
+    with e2e_stack(tmp_path_factory, "browser", token=TOKEN, secret=SECRET) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

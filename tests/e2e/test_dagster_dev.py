@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from activation.lib.destinations import load_destinations
-from activation.tooling.stack import Stack, post_signal, running_stack
+from activation.tooling.stack import Stack, post_signal
 from activation.webhooks.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, generic_signature
+from tests.support.e2e_stack import e2e_stack
 
 T = TypeVar("T")
 
@@ -24,14 +25,8 @@ TOKEN = "e2e-hightouch-token-4a8d6e17"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("e2e")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        patch.setenv("ACTIVATION_WEBHOOK_SECRET", SECRET)
-        with running_stack(root, "--phase-seconds", "0.05", "--rows", "200") as running:
-            yield running
-    for process in (running.dagster, running.intake, running.sandbox):
-        assert process.process.poll() is not None, f"{process} is still running"
+    with e2e_stack(tmp_path_factory, "e2e", token=TOKEN, secret=SECRET) as running:
+        yield running
 
 
 FAILURES_QUERY = """

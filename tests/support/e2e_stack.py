@@ -1,0 +1,25 @@
+"""The stack the end-to-end tests share: sandbox, intake and `dagster dev` on free ports, with a
+test's own Hightouch token and webhook secret, stopped (and checked stopped) afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from activation.tooling.stack import Stack, running_stack
+
+
+@contextmanager
+def e2e_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, token: str, secret: str
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HIGHTOUCH_API_TOKEN", token)
+        patch.setenv("ACTIVATION_WEBHOOK_SECRET", secret)
+        with running_stack(root, "--phase-seconds", "0.05", "--rows", "200") as running:
+            yield running
+    for process in (running.dagster, running.intake, running.sandbox):
+        assert process.process.poll() is not None, f"{process} is still running"
