@@ -295,6 +295,7 @@ PINNED_RESOURCE_FIELDS = {
 
 def _check_run_config(context: StepContext, destination: Destination) -> None:
     """Refuse, before any request, a run whose config overrides where secrets and rows go."""
+
     def config_of(name: str) -> Mapping[str, object]:
         resources = (context.run.run_config or {}).get("resources")
         resource = resources.get(name) if isinstance(resources, Mapping) else None
