@@ -570,7 +570,10 @@ class HightouchClient:
         Polling adapts: it starts every `poll_interval` seconds and doubles up to
         `max_poll_interval` while nothing is known of the run's progress. Once Hightouch reports a
         completion ratio, the end is estimated from the progress rate and the next read is placed
-        just before it, so a finished run is noticed quickly with few requests.
+        just before it, so a finished run is noticed quickly with few requests. A run reporting no
+        progress is expected to end as long after its `startedAt` as the sync's recent successful
+        runs took (read from the same first request, the sync's newest runs): reads are sparse
+        before that window and every `WINDOW_STEP` seconds inside it.
         """
         # Unset: the client's own settings (the resource passes them in).
         poll_timeout = self.poll_timeout if poll_timeout is None else poll_timeout
@@ -580,8 +583,18 @@ class HightouchClient:
             self.max_poll_interval if max_poll_interval is None else max_poll_interval,
         )
         warned_statuses: set[str] = set()
-        while True:
+        # The first read lists the sync's newest runs: ours, and the history that says how long
+        # a run of this sync takes (one request for both; our run alone if it is not listed).
+        history = self.recent_runs(sync_id, limit=HISTORY_RUNS)
+        run = next((r for r in history if r.id == run_id), None)
+        if run is None:
             run = self.get_run(sync_id, run_id)
+        while True:
+            if run is not None and not run.finished and not schedule.expects_end:
+                expected = expected_end(run, history, time.time())
+                if expected is not None:
+                    now = time.monotonic()
+                    schedule.expect_end(now + expected[0], now + expected[1])
             if run is not None and run.finished:
                 if run.status in TERMINAL_FAILURE:
                     raise HightouchRunFailed(run, self.run_url(sync_id, run_id))
@@ -602,12 +615,50 @@ class HightouchClient:
                 )
             ratio = run.completion_ratio if run is not None else 0.0
             self._sleep(min(schedule.next_delay(time.monotonic(), ratio), remaining))
+            run = self.get_run(sync_id, run_id)
+
+
+HISTORY_RUNS = 6
+"""Runs listed by the first read of a wait: ours and the sync's recent ones, whose durations say
+when a run reporting no progress should end."""
+WINDOW_STEP = 0.8
+"""Seconds between reads inside a run's expected end window: the end is noticed within it."""
+_LAND_AFTER = 0.2
+
+
+def expected_end(
+    run: SyncRun, history: Sequence[SyncRun], now: float
+) -> tuple[float, float] | None:
+    """Seconds from `now` (epoch) to the earliest and latest expected end of `run`: its
+    `startedAt` (else `createdAt`) plus the shortest and longest of the other successful runs in
+    `history`; None when either is unknown. Negative when the window is already past."""
+    started = parse_api_time(run.started_at) or parse_api_time(run.created_at)
+    if started is None:
+        return None
+    durations = []
+    for other in history:
+        if other.id == run.id or other.status not in TERMINAL_SUCCESS:
+            continue
+        began, ended = parse_api_time(other.started_at), parse_api_time(other.finished_at)
+        if began is not None and ended is not None and ended >= began:
+            durations.append((ended - began).total_seconds())
+    if not durations:
+        return None
+    # A clock ahead of Hightouch's must not put the start in the future.
+    elapsed = max(0.0, now - started.timestamp())
+    return min(durations) - elapsed, max(durations) - elapsed
 
 
 class PollSchedule:
     """Delays between reads of a running sync run.
 
-    Without progress information the delay doubles from `minimum` to `maximum`. Once the
+    With an expected end window (`expect_end`, from the sync's recent run durations) and no
+    progress information, the next read lands just after the window opens (at most `maximum`
+    away), reads inside it come every `WINDOW_STEP` seconds, and past it the delay grows by half
+    each read up to `maximum`. So a silent run ending as its predecessors did is noticed within
+    a second, at fewer reads than a fixed 3 s poll.
+
+    Without either the delay doubles from `minimum` to `maximum`. Once the
     completion ratio rises, a second reading a second later gives the rate, the remaining time is
     extrapolated from the last two readings, and the next read lands just after the estimated
     end, so a steadily progressing run is noticed within a second of its end in a handful of
@@ -619,6 +670,16 @@ class PollSchedule:
         self.maximum = max(maximum, self.minimum)
         self._delay = self.minimum
         self._readings: list[tuple[float, float]] = []
+        self._window: tuple[float, float] | None = None
+        self._late_delay = WINDOW_STEP
+
+    @property
+    def expects_end(self) -> bool:
+        return self._window is not None
+
+    def expect_end(self, earliest: float, latest: float) -> None:
+        """The run should end between these two instants (same clock as `next_delay`'s `now`)."""
+        self._window = (earliest, max(earliest, latest))
 
     def next_delay(self, now: float, ratio: float) -> float:
         if 0 < ratio < 1 and (not self._readings or ratio > self._readings[-1][1]):
@@ -632,6 +693,15 @@ class PollSchedule:
             # Read just after the estimated end; the cap bounds the cost of a wrong estimate
             # on long runs, where every read refreshes it.
             return min(self.maximum, max(self.minimum, remaining + 0.2))
+        if self._window is not None:
+            earliest, latest = self._window
+            if now < earliest:
+                return min(self.maximum, earliest - now + _LAND_AFTER)
+            if now <= latest + _LAND_AFTER:
+                return WINDOW_STEP
+            # Later than every recent run: back off, as without an estimate.
+            delay, self._late_delay = self._late_delay, min(self.maximum, self._late_delay * 1.5)
+            return min(self.maximum, delay)
         delay = self._delay
         self._delay = min(self.maximum, max(self._delay * 2, 0.05))
         return delay
