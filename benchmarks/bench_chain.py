@@ -1,0 +1,323 @@
+"""What orchestration costs: the `activate` job against a bare script doing the same external work.
+
+Not a test: it prints figures. One sandbox (`--rows N` customers) serves every run; before each
+run the sandbox is reset (Airbyte jobs, Hightouch runs and snapshots, CRM stand-ins, faults), so
+every run starts from the same state and ships the same rows. Each pair runs, in this order:
+
+- bare: a plain Python process (no Dagster) that starts the Airbyte job on the stand-in and polls
+  it (every 0.25 s, the sandbox's Airbyte poll interval), runs `dbt build` (same project, profiles
+  and target as the dbt resource), triggers the Hightouch syncs in parallel threads with the
+  product's `HightouchClient` and waits for them, then posts one Slack message;
+- job execute: `dagster job execute -m activation.definitions -j activate` against a temporary
+  Dagster home with the per-destination pool limits set, as the UI's run worker executes a run:
+  the job's own executor (multiprocess, one process per step);
+- in process: `execute_in_process` of the same job (`activation.tooling.demo.run_chain`, as the
+  demo runs it, run summary posted to Slack included).
+
+Each figure is for the whole child process tree: wall time from start to exit, CPU time
+(user + system) from `RUSAGE_CHILDREN` deltas (step processes and dbt included; this process
+is a child subreaper, so a forkserver orphaned by the run process is reaped here and its steps
+count too), and peak RSS of the tree (sampled from /proc every 0.2 s). The
+sandbox's own CPU is counted in none of them (it is the same external world for all); its peak
+RSS is printed at the end. Rows shipped per destination are read back from the CRM stand-ins and
+compared between runs of a pair. The last line is `ratio wall=X cpu=Y`: medians over the pairs
+of (job execute / bare).
+
+Not in the bare script: the guard checks and Dagster's quality gate (that is Dagster work), and
+`dagster job execute` posts no run summary (the daemon's summary sensor does, after the run).
+
+Run: `PATH=$PWD/.venv/bin:$PATH .venv/bin/python benchmarks/bench_chain.py --rows 1000 --pairs 3`
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from activation.lib.paths import PROJECT_ROOT
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+SAMPLE_SECONDS = 0.2
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    shipped: dict[str, int]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and every descendant."""
+    tree, total, todo = _children(), 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/statm") as statm:
+                total += int(statm.read().split()[1]) * PAGE_SIZE
+        except OSError:
+            pass
+        todo.extend(tree.get(current, []))
+    return total
+
+
+class PeakSampler:
+    """The peak RSS of a process tree, sampled every 0.2 s in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(SAMPLE_SECONDS)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def become_subreaper() -> None:
+    """Orphans of the measured tree (a multiprocessing forkserver outliving the run process)
+    are re-parented to this process rather than to init, so `reap_orphans` can wait for them and
+    their CPU time (and that of the steps they forked) reaches `RUSAGE_CHILDREN`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_orphans(keep: set[int], timeout: float = 30.0) -> None:
+    """Wait for every child of this process except `keep` (the sandbox) to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = set(_children().get(os.getpid(), [])) - keep
+        if not mine:
+            return
+        for pid in mine:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    raise SystemExit(f"children still running {timeout:.0f} s after the run: {sorted(mine)}")
+
+
+def measured(
+    name: str, command: list[str], env: dict[str, str], log: Path, keep: set[int]
+) -> tuple[float, float, float]:
+    """Run `command` to completion: wall s, CPU s of the whole waited-for tree, peak RSS MB."""
+    keep = keep | set(_children().get(os.getpid(), []))  # ours before the run (the sandbox...)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
+        sampler = PeakSampler(process.pid)
+        code = process.wait()
+    wall = time.perf_counter() - started
+    peak = sampler.stop()
+    reap_orphans(keep)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        raise SystemExit(f"{name} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, peak / 1e6
+
+
+BARE_SCRIPT = r"""
+import concurrent.futures, os, subprocess, sys, time
+from pathlib import Path
+import httpx
+from activation.lib.destinations import load_destinations
+from activation.lib.environment import (
+    SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX, SANDBOX_HIGHTOUCH_PREFIX,
+    SANDBOX_SLACK_WEBHOOK_PATH,
+)
+from activation.lib.hightouch import HightouchClient
+from activation.lib.paths import DBT_PROJECT_DIR
+
+base = os.environ["ACTIVATION_SANDBOX_URL"]
+with httpx.Client(base_url=base + SANDBOX_AIRBYTE_REST_PREFIX, timeout=30) as http:
+    job = http.post("/jobs", json={"connectionId": SANDBOX_AIRBYTE_CONNECTION_ID,
+                                   "jobType": "sync"}).raise_for_status().json()["jobId"]
+    while (status := http.get(f"/jobs/{job}").raise_for_status().json()["status"]) != "succeeded":
+        if status in ("failed", "cancelled"):
+            sys.exit(f"airbyte job {status}")
+        time.sleep(0.25)
+dbt = str(Path(sys.executable).parent / "dbt")
+subprocess.run([dbt, "--no-use-colors", "build", "--project-dir", str(DBT_PROJECT_DIR),
+                "--profiles-dir", str(DBT_PROJECT_DIR), "--target", "duckdb",
+                "--target-path", os.environ["BENCH_DBT_TARGET_PATH"], "--quiet"], check=True)
+destinations = [d for d in load_destinations() if d.sync_id]
+
+def sync(destination):
+    with HightouchClient(base + SANDBOX_HIGHTOUCH_PREFIX, os.environ["HIGHTOUCH_API_TOKEN"],
+                         max_requests_per_second=20.0 / len(destinations)) as client:
+        return client.wait_for_run(destination.sync_id, client.trigger(destination.sync_id))
+
+with concurrent.futures.ThreadPoolExecutor(len(destinations)) as pool:
+    runs = list(pool.map(sync, destinations))
+httpx.post(base + SANDBOX_SLACK_WEBHOOK_PATH,
+           json={"text": f"{len(runs)} syncs done"}, timeout=30).raise_for_status()
+"""
+
+IN_PROCESS_SCRIPT = r"""
+import dagster as dg
+from activation.tooling.demo import run_chain
+with dg.DagsterInstance.get() as instance:
+    result = run_chain(instance, console_log_level="WARNING")
+raise SystemExit(0 if result.success else 1)
+"""
+
+
+class Bench:
+    def __init__(self, folder: Path, sandbox: object, env: dict[str, str]) -> None:
+        self.folder, self.sandbox, self.env = folder, sandbox, env
+        self.runs = 0
+
+    def shipped(self) -> dict[str, int]:
+        from activation.lib.destinations import load_destinations
+
+        return {
+            d.key: len(self.sandbox.records(d.destination_type, d.object))  # type: ignore[attr-defined]
+            for d in load_destinations()
+            if d.sync_id
+        }
+
+    def run(self, name: str, command: list[str]) -> Figure:
+        with self.sandbox.client() as http:  # type: ignore[attr-defined]
+            http.post("/sandbox/reset").raise_for_status()
+        self.runs += 1
+        log = self.folder / f"run{self.runs:02d}-{name.replace(' ', '_')}.log"
+        wall, cpu, peak = measured(name, command, self.env, log, {self.sandbox.process.pid})  # type: ignore[attr-defined]
+        figure = Figure(name, wall, cpu, peak, self.shipped())
+        print(
+            f"  {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  peak RSS {peak:7.0f} MB  "
+            f"shipped {sum(figure.shipped.values())} rows",
+            flush=True,
+        )
+        return figure
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000, help="Customers the sandbox lands.")
+    parser.add_argument("--pairs", type=int, default=3, help="Alternating pairs (at least 3).")
+    parser.add_argument(
+        "--no-in-process", action="store_true", help="Skip the execute_in_process figure."
+    )
+    args = parser.parse_args()
+    from activation.tooling.demo import prepare_code_location, sandbox_environment
+    from activation.tooling.dev import set_pool_limits
+
+    python = sys.executable
+    become_subreaper()
+    with tempfile.TemporaryDirectory(prefix="activation-bench-chain-") as temporary:
+        folder = Path(temporary)
+        os.environ.setdefault("HIGHTOUCH_API_TOKEN", "bench-token")
+        with sandbox_environment(folder / "data", "--rows", str(args.rows)) as sandbox:
+            home = folder / "dagster_home"
+            home.mkdir()
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            env = {
+                **os.environ,
+                "DAGSTER_HOME": str(home),
+                "DO_NOT_TRACK": "1",
+                "BENCH_DBT_TARGET_PATH": str(folder / "bare_target"),
+                "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+            started = time.perf_counter()
+            prepare_code_location()
+            set_pool_limits(env)
+            print(
+                f"{args.rows} customers; manifest, Airbyte listing and Dagster home prepared in "
+                f"{time.perf_counter() - started:.1f} s (not timed below). Logs in {folder}.",
+                flush=True,
+            )
+            bench = Bench(folder, sandbox, env)
+            commands = {
+                "bare": [python, "-c", BARE_SCRIPT],
+                "job execute": [
+                    python,
+                    "-m",
+                    "dagster",
+                    "job",
+                    "execute",
+                    "-m",
+                    "activation.definitions",
+                    "-j",
+                    "activate",
+                ],
+                "in process": [python, "-c", IN_PROCESS_SCRIPT],
+            }
+            if args.no_in_process:
+                del commands["in process"]
+            pairs: list[dict[str, Figure]] = []
+            for n in range(1, args.pairs + 1):
+                print(f"pair {n}:", flush=True)
+                pair = {name: bench.run(name, command) for name, command in commands.items()}
+                shipped = {name: f.shipped for name, f in pair.items()}
+                if len({json.dumps(s, sort_keys=True) for s in shipped.values()}) != 1:
+                    raise SystemExit(f"the runs shipped different rows: {shipped}")
+                pairs.append(pair)
+            sandbox_peak = tree_rss(sandbox.process.pid) / 1e6
+        print()
+        for name in commands:
+            wall = statistics.median(p[name].wall for p in pairs)
+            cpu = statistics.median(p[name].cpu for p in pairs)
+            rss = max(p[name].peak_rss_mb for p in pairs)
+            print(
+                f"median {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  "
+                f"peak RSS of the process tree {rss:6.0f} MB"
+            )
+        print(f"sandbox RSS at the end ({args.rows} customers): {sandbox_peak:.0f} MB")
+        print(f"shipped per destination (every run): {pairs[0]['bare'].shipped}")
+
+        def ratio(name: str, field: str) -> float:
+            return statistics.median(
+                getattr(p[name], field) / getattr(p["bare"], field) for p in pairs
+            )
+
+        if "in process" in commands:
+            print(
+                f"in-process ratio wall={ratio('in process', 'wall'):.2f} "
+                f"cpu={ratio('in process', 'cpu'):.2f}"
+            )
+        print(
+            f"ratio wall={ratio('job execute', 'wall'):.2f} cpu={ratio('job execute', 'cpu'):.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
