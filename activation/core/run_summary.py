@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from activation.core.contract import CONTRACT_CHECK
 from activation.core.gate import gate_refusals, verdict_of
 from activation.core.paging import (
     PagerDutyResource,
@@ -204,7 +205,21 @@ def _not_started(
         )
     verdict = verdict_of(destination, refusals)
     if not gate_decided:
-        instance.report_runless_asset_event(verdict.evaluation(sync_asset_key_for(destination.key)))
+        key = sync_asset_key_for(destination.key)
+        instance.report_runless_asset_event(verdict.evaluation(key))
+        # The contract was planned too and never ran: Dagster would show it failed with the run.
+        # Say what happened instead (a warning; the next sync checks the contract).
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name=CONTRACT_CHECK,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"Not evaluated in run {run.run_id if run else '?'}: the sync never "
+                f"started ({'blocked by ' + ', '.join(verdict.refusing)}). The contract is "
+                "checked when the sync next runs.",
+            )
+        )
     return SyncOutcome(
         destination.key,
         "blocked by " + ", ".join(verdict.refusing),

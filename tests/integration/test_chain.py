@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from activation.core.contract import CONTRACT_CHECK
 from activation.core.run_summary import REPORT_KEY
 from activation.core.verdicts import GATE_CHECK
 from activation.dagster_api import check_history
@@ -154,6 +155,15 @@ def test_bad_rows_fail_the_blocking_checks_and_trigger_nothing(
         assert latest.evaluation is not None and not latest.evaluation.passed
         assert refusing in str(latest.evaluation.metadata["refusing_checks"].value)
         assert f"/runs/{bad.run_id}" in str(latest.evaluation.metadata["refusing_checks"].value)
+        # The contract never ran: a warning that says so, not a red failure of its own.
+        [contract] = check_history(
+            instance,
+            dg.AssetCheckKey(sync_asset_key_for(destination.key), CONTRACT_CHECK),
+            limit=1,
+        )
+        assert contract.evaluation is not None
+        assert contract.evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert f"Not evaluated in run {bad.run_id}" in (contract.evaluation.description or "")
     slack = chain_sandbox.notifications("slack")[-1]["body"]["text"]
     assert f"Activation run {bad.run_id}" in slack
     [line] = [row for row in slack.splitlines() if row.startswith("*salesforce_contacts*: ")]
