@@ -37,12 +37,6 @@ def chain_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxP
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
-@pytest.fixture(scope="module")
 def first_run(chain_sandbox: SandboxProcess, instance: dg.DagsterInstance) -> ChainResult:
     return run_chain(instance)
 

@@ -20,7 +20,7 @@ import pytest
 from activation.core.contract import contract_summary_lines
 from activation.lib.destinations import load_destinations, mart_asset_key, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
-from activation.tooling.demo import ChainResult, run_chain
+from activation.tooling.demo import ChainResult
 from tests.support.contract_support import (
     ACCOUNTS,
     BRAZE,
@@ -43,19 +43,6 @@ from tests.support.gate_support import chain_sandbox
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
     with chain_sandbox(tmp_path_factory.mktemp("contracts") / "data") as box:
         yield box
-
-
-@pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
-@pytest.fixture(scope="module")
-def good_run(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> ChainResult:
-    result = run_chain(instance, console_log_level="WARNING")
-    assert result.success, result.failed_steps
-    return result
 
 
 @pytest.fixture(scope="module")

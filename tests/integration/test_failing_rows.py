@@ -34,12 +34,6 @@ def failing_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
 
 
 @pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
-@pytest.fixture(scope="module")
 def bad_run(failing_sandbox: SandboxProcess, instance: dg.DagsterInstance) -> ChainResult:
     """A good run, then one on bad customer rows (as test_chain runs them)."""
     good = run_chain(instance, console_log_level="WARNING")

@@ -51,19 +51,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess
         yield box
 
 
-@pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
-@pytest.fixture(scope="module")
-def good_run(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> ChainResult:
-    result = run_chain(instance, console_log_level="WARNING")
-    assert result.success, result.failed_steps
-    return result
-
-
 def _good_again(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> None:
     sandbox.set_scenario()
     assert run_chain(instance, console_log_level="WARNING").success

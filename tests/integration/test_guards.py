@@ -208,12 +208,6 @@ def sandbox(
         yield box
 
 
-@pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
 def _synced(sandbox: SandboxProcess) -> None:
     # What the sync step does after a successful sync (see activation/core/sync_path.py); calling it
     # again here keeps this test independent of that wiring and snapshots the same mart.

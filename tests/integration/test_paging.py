@@ -82,12 +82,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess
         yield box
 
 
-@pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as inst:
-        yield inst
-
-
 def _run_activate(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     from activation.definitions import build_definitions
 
