@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -23,9 +21,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from activation.lib.destinations import load_destinations
 from activation.lib.paths import PROJECT_ROOT
 from activation.tooling.stack import Stack
-from tests.support.e2e_stack import e2e_stack
-
-T = TypeVar("T")
+from tests.support.e2e_stack import e2e_stack, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -92,17 +88,6 @@ def screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=path, full_page=True)
     return path
-
-
-def _wait(what: str, condition: Callable[[], T | None], timeout: float, stack: Stack) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    tail = stack.dagster.log()[-3000:]
-    raise AssertionError(f"{what} within {timeout}s; dagster log tail:\n{tail}")
 
 
 ASSET_GRAPH_QUERY = """
@@ -176,7 +161,7 @@ def finished_run(stack: Stack, run_id: str) -> dict:
         run = stack.graphql(RUN_QUERY, {"id": run_id})["runOrError"]
         return run if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") else None
 
-    return _wait(f"run {run_id} did not finish", done, RUN_TIMEOUT_S, stack)
+    return wait_for(f"run {run_id} did not finish", done, RUN_TIMEOUT_S, stack)
 
 
 def step_failures(run: dict) -> str:
@@ -321,7 +306,7 @@ def test_after_bad_data_the_blocked_sync_names_the_refusing_check(
 
     gate_checks = asset_graph(stack)[f"activate/{DESTINATION}"]["checks"]
     if GATE_CHECK in gate_checks:
-        _wait(
+        wait_for(
             f"no failed {GATE_CHECK} on activate/{DESTINATION} after the bad run",
             lambda: gate_failed_since(stack, run["startTime"]),
             SUMMARY_TIMEOUT_S,

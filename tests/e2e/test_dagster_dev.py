@@ -6,8 +6,7 @@ CRM stand-in; a forged signal launches nothing. Every process is stopped by its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,9 +14,7 @@ import pytest
 from activation.lib.destinations import load_destinations
 from activation.tooling.stack import Stack, post_signal
 from activation.webhooks.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, generic_signature
-from tests.support.e2e_stack import e2e_stack
-
-T = TypeVar("T")
+from tests.support.e2e_stack import e2e_stack, wait_for
 
 SECRET = "e2e-webhook-secret-93b1f0c2"
 TOKEN = "e2e-hightouch-token-4a8d6e17"
@@ -45,17 +42,6 @@ def _failures(stack: Stack, run_id: str) -> str:
     )
 
 
-def _wait(what: str, condition: Callable[[], T], timeout: float, stack: Stack) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    tail = stack.dagster.log()[-3000:]
-    raise AssertionError(f"{what} within {timeout}s; dagster log tail:\n{tail}")
-
-
 def test_forged_signal_launches_nothing(stack: Stack) -> None:
     body = b'{"event_id": "forged-1"}'
     stamp = str(int(time.time()))
@@ -78,7 +64,7 @@ def test_signed_signal_syncs_rows_into_the_crm_stand_in_once(stack: Stack) -> No
     accepted = post_signal(stack.intake_url, SECRET, "landed-1", source="e2e")
     assert accepted.status_code == 202, accepted.text
 
-    records = _wait(
+    records = wait_for(
         "no contact reached the Salesforce stand-in",
         lambda: stack.sandbox.records("salesforce", contacts.object),
         240,
@@ -90,7 +76,7 @@ def test_signed_signal_syncs_rows_into_the_crm_stand_in_once(stack: Stack) -> No
         runs = stack.runs()
         return runs if runs and all(r["status"] in ("SUCCESS", "FAILURE") for r in runs) else []
 
-    runs = _wait("the run did not finish", finished, 240, stack)
+    runs = wait_for("the run did not finish", finished, 240, stack)
     assert len(runs) == 1, runs
     (run,) = runs
     tags = {t["key"]: t["value"] for t in run["tags"]}

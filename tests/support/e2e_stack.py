@@ -3,12 +3,16 @@ test's own Hightouch token and webhook secret, stopped (and checked stopped) aft
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 
 from activation.tooling.stack import Stack, running_stack
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -23,3 +27,16 @@ def e2e_stack(
             yield running
     for process in (running.dagster, running.intake, running.sandbox):
         assert process.process.poll() is not None, f"{process} is still running"
+
+
+def wait_for(what: str, condition: Callable[[], T | None], timeout: float, stack: Stack) -> T:
+    """`condition()` once it is truthy, polled every second; past `timeout`, an AssertionError
+    with the tail of dagster dev's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    tail = stack.dagster.log()[-3000:]
+    raise AssertionError(f"{what} within {timeout}s; dagster log tail:\n{tail}")
