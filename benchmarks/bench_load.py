@@ -1,7 +1,9 @@
 """How long the code location takes to load: a generated 100-model / 20-destination project, and
 the demo project. Not a test: it prints figures (target: under 2 s with a prepared manifest).
 
-Run: `.venv/bin/python benchmarks/bench_load.py [REPEATS]` (default 5 repeats per project).
+Run: `.venv/bin/python benchmarks/bench_load.py [REPEATS] [--destinations N]` (default 5 repeats
+per project, 20 destinations in the generated declaration; `--destinations 200` is the scale
+benchmark's declaration, benchmarks/bench_scale.py).
 
 For each project it prepares the dbt manifest first (`activation prepare`, as an image build
 would), starts a sandbox and stores its Airbyte listing (`activation refresh`), then stops the
@@ -21,6 +23,7 @@ in all, with tests on each; 15 more destinations read generated marts, 20 in all
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -125,10 +128,10 @@ def _tested(column: str, *tests: str) -> dict:
     return {"name": column, "data_tests": list(tests)}
 
 
-def generate_destinations(folder: Path) -> Path:
-    """The demo's five destinations plus fifteen reading generated marts."""
+def generate_destinations(folder: Path, count: int = 5 + GENERATED_DESTINATIONS) -> Path:
+    """The demo's five destinations plus `count - 5` reading generated marts (in turn)."""
     declared = yaml.safe_load(DEFAULT_DESTINATIONS_FILE.read_text())
-    for n in range(1, GENERATED_DESTINATIONS + 1):
+    for n in range(1, count - len(declared["destinations"]) + 1):
         destination_type, object_name = DESTINATION_TYPES[n % len(DESTINATION_TYPES)]
         declared["destinations"].append(
             {
@@ -136,7 +139,7 @@ def generate_destinations(folder: Path) -> Path:
                 "destination_type": destination_type,
                 "object": object_name,
                 "sync_id": str(9000 + n),
-                "mart": f"mart_generated_{n:02d}",
+                "mart": f"mart_generated_{1 + (n - 1) % GENERATED_MARTS:02d}",
                 "primary_key": "customer_id",
                 "mapped_columns": ["email", "first_name", "metric_value"],
                 "owner": {
@@ -200,14 +203,14 @@ def measure(name: str, folder: Path, overrides: dict[str, str], repeats: int) ->
     )
 
 
-def main(repeats: int) -> None:
+def main(repeats: int, destination_count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="activation-bench-load-") as temporary:
         folder = Path(temporary)
         project = generate_project(folder / "generated")
-        destinations = generate_destinations(folder / "generated")
+        destinations = generate_destinations(folder / "generated", destination_count)
         models = len(list(project.glob("models/**/*.sql")))
         measure(
-            f"generated project ({models} models, 20 destinations)",
+            f"generated project ({models} models, {destination_count} destinations)",
             folder / "generated",
             {
                 "ACTIVATION_DBT_PROJECT_DIR": str(project),
@@ -221,4 +224,8 @@ def main(repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repeats", nargs="?", type=int, default=5)
+    parser.add_argument("--destinations", type=int, default=5 + GENERATED_DESTINATIONS)
+    arguments = parser.parse_args()
+    main(arguments.repeats, arguments.destinations)
