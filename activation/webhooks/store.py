@@ -30,6 +30,17 @@ create table if not exists events (
 )
 """
 
+# Which run served each event: written by `webhook_event_sensor` when it requests the run (the
+# run key; Dagster puts it on the run as the `dagster/run_key` tag). A re-evaluated tick writes
+# the key it requests again, so the row always names the run key last requested for the event.
+SERVED_SCHEMA = """
+create table if not exists served (
+    seq integer primary key,
+    run_key text not null,
+    served_at real not null
+)
+"""
+
 
 def events_db_path() -> Path:
     return data_dir() / "webhooks.sqlite"
@@ -68,6 +79,7 @@ def initialise(path: Path) -> None:
     with connect_store(path) as connection:
         connection.execute("pragma journal_mode=wal")
         connection.execute(SCHEMA)
+        connection.execute(SERVED_SCHEMA)
         connection.commit()
 
 
@@ -97,3 +109,29 @@ def events_after(path: Path, seq: int, limit: int = 100) -> list[Event]:
             (seq, limit),
         ).fetchall()
     return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def mark_served(path: Path, seqs: list[int], run_key: str) -> None:
+    """Record that the run with `run_key` serves the events numbered `seqs`."""
+    served_at = time.time()
+    with connect_store(path) as connection:
+        connection.execute(SERVED_SCHEMA)
+        connection.executemany(
+            "insert or replace into served (seq, run_key, served_at) values (?, ?, ?)",
+            [(seq, run_key, served_at) for seq in seqs],
+        )
+        connection.commit()
+
+
+def served_by(path: Path, event_id: str) -> str | None:
+    """The run key of the run requested for this event; None while it waits (or is unknown)."""
+    if not path.exists():
+        return None
+    with connect_store(path) as connection:
+        connection.execute(SERVED_SCHEMA)
+        row = connection.execute(
+            "select served.run_key from events join served on served.seq = events.seq "
+            "where events.event_id = ?",
+            (event_id,),
+        ).fetchone()
+    return str(row[0]) if row else None

@@ -193,9 +193,11 @@ def test_run_history_reads_planned_assets_and_check_evaluations(world: MartWorld
 # -- webhook_event_sensor --------------------------------------------------------------------------
 
 
-def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
+def test_webhook_sensor_serves_pending_events_in_one_run_and_none_on_repeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without an asset graph to read sources against, the run builds the whole job; the
+    scoped selections are tested in test_signal_scope.py."""
     monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path))
     sensor = build_webhook_event_sensor("build_after_upstream", [MART])
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
@@ -211,12 +213,13 @@ def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
         store.record(path, "signal:a", "script", {"event_id": "a"})
         store.record(path, "fivetran:s1", "fivetran", {"sync_id": "s1"})
         first = tick(empty.cursor)
-        assert [r.run_key for r in first.run_requests] == ["webhook:signal:a"]
-        second = tick(first.cursor)
-        assert [r.run_key for r in second.run_requests] == ["webhook:fivetran:s1"]
-        assert second.run_requests[0].tags["activation/webhook-source"] == "fivetran"
-        assert tick(second.cursor).run_requests == []  # none on repeat
-        assert [r.run_key for r in tick(first.cursor).run_requests] == ["webhook:fivetran:s1"]
+        (request,) = first.run_requests  # both pending events, one run
+        assert request.run_key == "webhook:1-2"
+        assert request.asset_selection is None  # the whole job
+        assert request.tags["activation/webhook-event-ids"] == "signal:a\nfivetran:s1"
+        assert request.tags["activation/webhook-source"] == "fivetran,script"
+        assert tick(first.cursor).run_requests == []  # none on repeat
+        assert [r.run_key for r in tick(empty.cursor).run_requests] == ["webhook:1-2"]
 
         with pytest.raises(store.DuplicateEvent):
             store.record(path, "signal:a", "script", {"event_id": "a"})
@@ -227,11 +230,12 @@ def test_webhook_sensor_launches_one_run_per_event_and_none_on_repeat(
         building = instance.create_run_for_job(
             job, asset_selection=frozenset({MART}), status=dg.DagsterRunStatus.NOT_STARTED
         )
-        waiting = tick(second.cursor)
-        assert waiting.run_requests == [] and waiting.cursor == second.cursor
+        waiting = tick(first.cursor)
+        assert waiting.run_requests == [] and waiting.cursor == first.cursor
         instance.report_run_canceled(building)
         last = tick(waiting.cursor)
-        assert [r.run_key for r in last.run_requests] == ["webhook:signal:b"]
+        assert [r.run_key for r in last.run_requests] == ["webhook:3-3"]
+        assert last.run_requests[0].tags["activation/webhook-event-id"] == "signal:b"
         assert json.loads(last.cursor or "{}") == {"seq": 3}
 
 

@@ -11,6 +11,9 @@ from activation.lib.destinations import Destination, mart_asset_key, sync_asset_
 SYNC_JOB_NAME = "sync_on_mart_update"
 BUILD_JOB_NAME = "build_after_upstream"
 TRIGGER_TAG = "activation/trigger"
+BUILD_SELECTION = dg.AssetSelection.groups("transform", "activate")
+"""What `build_after_upstream` may build: the dbt models (their tests as checks) and the syncs. A
+run of it may be scoped to part of this (`RunRequest.asset_selection`)."""
 
 
 def syncs_by_mart(destinations: Sequence[Destination]) -> dict[dg.AssetKey, list[dg.AssetKey]]:

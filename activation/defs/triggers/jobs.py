@@ -3,7 +3,7 @@ syncs after data landed upstream (an Airbyte job started outside Dagster, a sign
 
 import dagster as dg
 
-from activation.defs.triggers.common import BUILD_JOB_NAME, SYNC_JOB_NAME
+from activation.defs.triggers.common import BUILD_JOB_NAME, BUILD_SELECTION, SYNC_JOB_NAME
 from activation.lib.destinations import load_destinations, sync_asset_key_for
 
 
@@ -17,8 +17,9 @@ def defs() -> dg.Definitions:
     )
     upstream_job = dg.define_asset_job(
         BUILD_JOB_NAME,
-        selection=dg.AssetSelection.groups("transform", "activate"),
+        selection=BUILD_SELECTION,
         description="dbt build (blocking tests) then the Hightouch syncs, launched when data "
-        "landed upstream: an Airbyte job started outside Dagster, or a signed webhook.",
+        "landed upstream: an Airbyte job started outside Dagster, or a signed webhook. The "
+        "sensors scope each run to the models and syncs downstream of what landed.",
     )
     return dg.Definitions(jobs=[sync_job, upstream_job])
