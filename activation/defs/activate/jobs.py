@@ -3,7 +3,7 @@ checks) -> one Hightouch sync per destination, in parallel."""
 
 import dagster as dg
 
-from activation.components.hightouch_syncs import PARALLEL_SYNCS
+from activation.core.executors import fan_out_executor
 from activation.defs.ingest.airbyte import INGEST_GROUP
 from activation.defs.transform.dbt import TRANSFORM_GROUP
 from activation.lib.destinations import load_destinations, sync_asset_key_for
@@ -20,6 +20,6 @@ def defs() -> dg.Definitions:
         | dg.AssetSelection.assets(*sync_keys),
         description="The whole chain: Airbyte sync, dbt build with blocking tests, then one "
         "Hightouch sync per destination in parallel; the summary sensors report each run.",
-        executor_def=PARALLEL_SYNCS,
+        executor_def=fan_out_executor(),
     )
     return dg.Definitions(jobs=[activate])

@@ -25,7 +25,7 @@ import dagster as dg
 from dagster import OpExecutionContext
 from pydantic import Field
 
-from activation.components.hightouch_syncs import PARALLEL_SYNCS
+from activation.core.executors import fan_out_executor
 from activation.core.forms import (
     blank_fields,
     mapped_form,
@@ -297,7 +297,7 @@ def build_full_resync_job(destinations: tuple[Destination, ...]) -> dg.JobDefini
         "a pause between waves and one summary at the end. The form is checked before the run "
         "is created.",
         config=refuse_field_errors(FULL_RESYNC_JOB, full_resync_form),
-        executor_def=PARALLEL_SYNCS,
+        executor_def=fan_out_executor(),
     )
 
 
