@@ -66,7 +66,9 @@ class HightouchResource(dg.ConfigurableResource):
         "pools let at most one sync per destination run at once, so all together stay under it.",
     )
 
-    def get_client(self) -> HightouchClient:
+    def get_client(self, requests_per_second: float | None = None) -> HightouchClient:
+        """A client; `requests_per_second` overrides `max_requests_per_second` (the detached-sync
+        sensor spends the shares of the destinations whose runs it follows)."""
         return HightouchClient(
             self.api_base_url,
             self.api_token,
@@ -74,7 +76,9 @@ class HightouchResource(dg.ConfigurableResource):
             connect_timeout=self.connect_timeout_seconds,
             read_timeout=self.read_timeout_seconds,
             max_retries=self.max_retries,
-            max_requests_per_second=self.max_requests_per_second,
+            max_requests_per_second=(
+                self.max_requests_per_second if requests_per_second is None else requests_per_second
+            ),
             poll_interval=self.poll_interval_seconds,
             max_poll_interval=self.max_poll_interval_seconds,
             poll_timeout=self.poll_timeout_seconds,

@@ -11,7 +11,12 @@ and the planned / successful / failed added / changed / removed counts.
 Its checks are the sync path's pre-sync decisions (activation/core/verdicts.py). A sync they hold
 back ends its step without a materialization: the run does not fail, the asset keeps its last
 sync, and the failed check names what refused. Its output is therefore optional, which also
-skips the syncs declared `after` it.
+skips the syncs declared `after` it. The `failed_rows` check judges the ended Hightouch run
+against the destination's failure policy.
+
+A destination that waits detached (`wait` in destinations.yaml) ends its step right after the
+trigger, without a materialization: the detached_sync_sensor reports the materialization and
+`failed_rows` when the run ends (activation/core/detached.py, docs/detached-syncs.md).
 """
 
 import os
@@ -26,7 +31,7 @@ from activation.core.contract import contract_check_spec, sync_column_metadata
 from activation.core.dbt_project import dbt_project
 from activation.core.gate import gate_check_spec
 from activation.core.sync_path import SyncOptions, sync_destination
-from activation.core.verdicts import PreSyncVerdict, SyncHeldBack
+from activation.core.verdicts import PreSyncVerdict, SyncHeldBack, failed_rows_check_spec
 from activation.lib.destinations import (
     Destination,
     load_destinations,
@@ -100,8 +105,9 @@ def sync_retry_policy() -> dg.RetryPolicy:
 
 
 def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=sync_asset_key(destination),
+    key = sync_asset_key(destination)
+    spec = dg.AssetSpec(
+        key=key,
         # `after`: a destination that must sync after another depends on its sync asset, so a
         # failure upstream skips it (and no one else).
         deps=[
@@ -112,10 +118,7 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         kinds={"hightouch", destination.destination_type},
         owners=[f"team:{destination.owner.team}"],
         tags={"destination": destination.destination_type},
-        pool=destination.pool,
-        retry_policy=sync_retry_policy(),
-        check_specs=[gate_check_spec(destination), contract_check_spec(destination)],
-        output_required=False,
+        skippable=True,
         description=destination.description
         or f"Hightouch sync of {destination.mart} to {destination.destination_type}.",
         metadata={
@@ -126,7 +129,24 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
             "mapped_columns": ", ".join(destination.mapped_columns),
             "hightouch_sync": destination.sync_reference,
             "slack_channel": destination.owner.slack_channel,
+            "wait": destination.wait,
         },
+    )
+
+    # A multi-asset of one, subsettable, only so that its outputs are optional: a held-back or
+    # detached sync yields no materialization, and a detached one no failed_rows result (the
+    # sensor reports both when the run ends). Op name and step key stay `activate__<key>`.
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[spec],
+        check_specs=[
+            gate_check_spec(destination),
+            contract_check_spec(destination),
+            failed_rows_check_spec(destination),
+        ],
+        can_subset=True,
+        pool=destination.pool,
+        retry_policy=sync_retry_policy(),
     )
     def _sync(
         context: AssetExecutionContext,
@@ -136,6 +156,15 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         slack: SlackWebhookResource,
         quality_gate: dg.ResourceParam[QualityGate],
     ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+        if key not in context.selected_asset_keys:
+            # Only checks selected: they are decided by a sync, and a sync was not asked for.
+            context.log.info(f"{key.to_user_string()} not selected: nothing synced.")
+            return
+        selected = {check.name for check in context.selected_asset_check_keys}
+
+        def results(decided: list[PreSyncVerdict]) -> Iterator[dg.AssetCheckResult]:
+            return (v.check_result() for v in decided if v.check_name in selected)
+
         # The one sync path: the gate reads check results across runs, so whatever launched
         # this step, untested, failed or changed marts stop it before anything reaches Hightouch.
         decided: list[PreSyncVerdict] = []
@@ -149,17 +178,22 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
                 slack=slack,
                 options=SyncOptions(full_resync=config.full_resync, reset_cdc=config.reset_cdc),
                 verdicts=decided,
+                may_detach=True,
             )
         except SyncHeldBack:
             # Held back, not failed: the checks say why, and no materialization is recorded.
-            yield from (verdict.check_result() for verdict in decided)
+            yield from results(decided)
             return
         except BaseException:
             # The decisions taken before the failure stay on record.
-            yield from (verdict.check_result() for verdict in decided)
+            yield from results(decided)
             raise
-        yield from (verdict.check_result() for verdict in decided)
-        yield dg.MaterializeResult(metadata=result.metadata)
+        yield from results(decided)
+        if result.in_flight:
+            # Detached: the run goes on in Hightouch without a worker waiting; the sensor reports
+            # the materialization and the failed_rows check when it ends (logged by the path).
+            return
+        yield dg.MaterializeResult(asset_key=key, metadata=result.metadata)
 
     return _sync
 

@@ -150,14 +150,19 @@ def recorded_types(
 ) -> RecordedTypes | None:
     """The types on the newest materialization of the sync asset that recorded them for this
     destination's mart. A materialization reported outside any run is not the record of a sync
-    (anyone can report one through the webserver): it is skipped."""
+    (anyone can report one through the webserver): it is skipped, except the report of a
+    detached sync, whose types are then read from the in-flight record its run wrote
+    (`_detached_record`), never from the runless event itself."""
     key = sync_asset_key_for(destination.key)
     for record in instance.fetch_materializations(key, limit=_HISTORY).records:
         materialization = record.event_log_entry.asset_materialization
         value = materialization.metadata.get(COLUMN_TYPES_METADATA) if materialization else None
         if value is None:
             continue
-        if not record.run_id:
+        run_id = record.run_id
+        if not run_id and materialization is not None:
+            value, run_id = _detached_record(instance, key, materialization.metadata)
+        if value is None or not run_id:
             if log is not None:
                 log.warning(f"{destination.key}: column types reported outside a run ignored")
             continue
@@ -168,8 +173,36 @@ def recorded_types(
             continue
         columns = recorded.get("columns")
         if isinstance(columns, Mapping):
-            return RecordedTypes(record.run_id, {str(c): str(t) for c, t in columns.items()})
+            return RecordedTypes(run_id, {str(c): str(t) for c, t in columns.items()})
     return None
+
+
+def _detached_record(
+    instance: dg.DagsterInstance, key: dg.AssetKey, metadata: Mapping[str, dg.MetadataValue]
+) -> tuple[dg.MetadataValue | None, str]:
+    """For the detached-sync sensor's report of a Hightouch run: the column types the run that
+    left it in flight recorded in its in-flight mark (written inside that run), and that run's
+    id; (None, "") when no such run recorded this Hightouch run."""
+    run_value, hightouch_value = metadata.get("dagster_run_id"), metadata.get("hightouch_run_id")
+    if run_value is None or hightouch_value is None:
+        return None, ""
+    run_id, hightouch_run_id = str(run_value.value), str(hightouch_value.value)
+    if instance.get_run_by_id(run_id) is None:
+        return None, ""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION
+    ).records
+    for entry in records:
+        observation = entry.event_log_entry.asset_observation
+        if observation is None or observation.asset_key != key:
+            continue
+        marked = observation.metadata
+        if (
+            str(getattr(marked.get("activation_trigger"), "value", "")) == "detached"
+            and str(getattr(marked.get("hightouch_run_id"), "value", "")) == hightouch_run_id
+        ):
+            return marked.get(COLUMN_TYPES_METADATA), run_id
+    return None, ""
 
 
 # -- judging -----------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ materialization of the `activate/activation_report` asset (so it is in the UI, l
 run), and page the owner of each destination whose sync failed, and only that owner. A page is
 resolved when the destination's next sync succeeds. Gate refusals are paged by the gate itself.
 
+A sync its step left in flight (a detached wait) is reported "in flight" with its Hightouch run
+id; the detached-sync sensor reports its end (activation/core/detached.py).
+
 A held-back sync is reported "blocked by <check>", never "skipped" nor "failed": its step yielded
 a failed pre-sync check (activation/core/verdicts.py), an op failed with `SyncHeldBack`, or the
 sync never started because a blocking check upstream failed earlier in the run. In that last
@@ -33,13 +36,15 @@ from activation.core.paging import (
     resolve_page,
     sync_failure_key,
 )
-from activation.core.verdicts import BLOCKED_BY, GATE_CHECK
+from activation.core.verdicts import BLOCKED_BY, FAILED_ROWS_CHECK, GATE_CHECK
 from activation.dagster_api import events_of_run
 from activation.lib.destinations import SYNC_KEY_PREFIX, Destination, sync_asset_key_for
 from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.resources import QualityGate, SlackWebhookResource
 
 REPORT_KEY = dg.AssetKey([SYNC_KEY_PREFIX, "activation_report"])
+IN_FLIGHT_STATUS = "in flight"
+_TRIGGER_MARK = "activation_trigger"  # activation.core.sync_path.TRIGGER_MARK (no import cycle)
 FULL_RESYNC_JOB = "full_resync"
 ONE_OFF_RESYNC_JOB = "resync_destination"
 # These jobs post their own summary (their failures are collected, not raised per step).
@@ -120,6 +125,7 @@ def summarize_run(
     failures: dict[str, str] = {}
     planned: set[str] = set()
     gate_decided: set[str] = set()
+    in_flight: dict[str, SyncOutcome] = {}
     for entry in events_of_run(instance, run_id):
         event = entry.dagster_event
         if event is None:
@@ -135,11 +141,27 @@ def summarize_run(
             key = _sync_key_of(evaluation.asset_key, by_key)
             if key and evaluation.check_name == GATE_CHECK:
                 gate_decided.add(key)
-            if key and not evaluation.passed and evaluation.severity.value == "ERROR":
+            if (
+                key
+                and not evaluation.passed
+                and evaluation.severity.value == "ERROR"
+                and evaluation.check_name != FAILED_ROWS_CHECK  # judged after a sync, not before
+            ):
                 # A pre-sync check refused: the sync was held back, nothing was sent.
                 names = _text(evaluation.metadata, BLOCKED_BY) or evaluation.check_name
                 failed[key] = SyncOutcome(
                     key, f"blocked by {names}", None, None, detail=evaluation.description or ""
+                )
+        observation = entry.asset_observation
+        if observation is not None and _text(observation.metadata, _TRIGGER_MARK) == "detached":
+            key = _sync_key_of(observation.asset_key, by_key)
+            if key:
+                in_flight[key] = SyncOutcome(
+                    key,
+                    IN_FLIGHT_STATUS,
+                    _text(observation.metadata, "hightouch_run_id") or None,
+                    None,
+                    detail="detached: detached_sync_sensor reports it when the run ends",
                 )
         materialization = entry.asset_materialization
         if materialization is not None:
@@ -169,7 +191,7 @@ def summarize_run(
             )
             if not blocked:
                 failures[key] = reason[:500]
-    touched = set(synced) | set(failed)
+    touched = set(synced) | set(failed) | set(in_flight)
     if not touched and not planned:
         return None
     outcomes = []
@@ -178,6 +200,8 @@ def summarize_run(
             outcomes.append(synced[destination.key])
         elif destination.key in failed:
             outcomes.append(failed[destination.key])
+        elif destination.key in in_flight:
+            outcomes.append(in_flight[destination.key])
         elif destination.key in planned:
             outcomes.append(
                 _not_started(instance, run, destination, gate, destination.key in gate_decided)
@@ -265,9 +289,17 @@ def report_run(
                 log, pagerduty, None, by_key[key], dagster_run_id=run_id, reason=reason
             )
     for key, status in report.statuses.items():
-        if pagerduty is not None and status != "failed" and previous.get(key) == "failed":
+        if (
+            pagerduty is not None
+            and status not in ("failed", IN_FLIGHT_STATUS)
+            and previous.get(key) == "failed"
+        ):
             resolve_page(log, pagerduty, by_key[key], sync_failure_key(by_key[key]))
-    statuses = {**previous, **report.statuses}
+    # An in-flight sync keeps its last known status until the detached-sync sensor reports it.
+    statuses = {
+        **previous,
+        **{k: v for k, v in report.statuses.items() if v != IN_FLIGHT_STATUS or k not in previous},
+    }
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
             asset_key=REPORT_KEY,

@@ -11,8 +11,10 @@ In order, for one destination (its production sync, or the staging twin the prom
 3. the schema contract (`activation.core.contract.contract_verdict`, the `schema_contract`
    check): the mapped columns exist with the types of the last successful sync, and the live
    Hightouch mappings match destinations.yaml;
-4. re-attach or trigger once (below), then follow the run to its end;
-5. the destination's failed-rows policy;
+4. re-attach or trigger once (below), then follow the run to its end, or, for a detached wait
+   (the destination's `wait`, asset steps only), record the run as in flight and return at once:
+   `activation.core.detached` reports it when it ends (docs/detached-syncs.md);
+5. the destination's failed-rows policy, recorded as the sync asset's `failed_rows` check;
 6. after a production sync: the snapshot the guards compare the next sync with, the asset
    materialization when the caller is an op, and the resolve of the owner's gate page.
 
@@ -37,7 +39,8 @@ Hightouch run it already started and follows it instead of triggering again:
   refused once it has ended, whatever the run config says: a new push needs a new approval.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -48,16 +51,19 @@ from dagster import AssetExecutionContext, OpExecutionContext
 from activation.core.contract import contract_verdict
 from activation.core.gate import GateClosed, gate_verdict, resolve_gate_page
 from activation.core.guards import record_synced_snapshot
-from activation.core.verdicts import PreSyncVerdict, SyncHeldBack
+from activation.core.verdicts import FAILED_ROWS_CHECK, PreSyncVerdict, SyncHeldBack
 from activation.lib.destinations import Destination, FailurePolicy, sync_asset_key_for
 from activation.lib.hightouch import (
+    HISTORY_RUNS,
     TERMINAL_FAILURE,
     HightouchClient,
     HightouchError,
     HightouchPollTimeout,
     HightouchRequestRefused,
     HightouchRunFailed,
+    RowCounts,
     SyncRun,
+    expected_end,
     parse_api_time,
 )
 from activation.resources import (
@@ -71,7 +77,9 @@ from activation.resources import (
 # writing the same asset's events.
 StepContext = AssetExecutionContext | OpExecutionContext
 
-TRIGGER_MARK = "activation_trigger"  # observation metadata: "intent" or "triggered"
+TRIGGER_MARK = "activation_trigger"  # observation metadata: "intent", "triggered", "detached"
+DETACHED = "detached"  # the trigger mark of a run a step left in flight (activation.core.detached)
+REPORTED = "reported"  # ... and the mark the detached-sync sensor writes once it reported its end
 SYNC_STAGE_TAG = "activation/sync_stage"
 _LOOKBACK = 50  # observations read back per attempt; a family's marks are the newest ones
 
@@ -91,11 +99,13 @@ class SyncOptions:
 
 @dataclass(frozen=True)
 class SyncResult:
-    """A finished, accepted Hightouch run and its metadata (the names the summaries read)."""
+    """A finished, accepted Hightouch run and its metadata (the names the summaries read), or,
+    with `in_flight`, a run left in flight by a detached wait (`run` as last read)."""
 
     run: SyncRun
     run_url: str
     metadata: dict[str, dg.MetadataValue]
+    in_flight: bool = False
 
 
 class SyncRefused(dg.Failure):
@@ -141,7 +151,13 @@ def _marks(context: StepContext, key: dg.AssetKey, sync_id: str) -> list[dict[st
     return marks
 
 
-def _mark(context: StepContext, key: dg.AssetKey, sync_id: str, kind: str, **values: str) -> None:
+def _mark(
+    context: StepContext,
+    key: dg.AssetKey,
+    sync_id: str,
+    kind: str,
+    **values: str | dg.MetadataValue,
+) -> None:
     context.log_event(
         dg.AssetObservation(
             asset_key=key,
@@ -258,6 +274,50 @@ def failed_rows_violation(run: SyncRun, policy: FailurePolicy) -> str | None:
     return None
 
 
+def failed_rows_verdict(
+    destination: Destination, run: SyncRun, run_url: str
+) -> tuple[PreSyncVerdict, str | None]:
+    """The `failed_rows` check on an ended run, and the violation (None when within policy).
+
+    A run that ended failed, cancelled or interrupted fails the check (its rows were not all
+    delivered; the error says why). Over the policy the check fails as an error when the policy
+    says `on_exceed: fail`, as a warning with `warn`. The same verdict whether the step waited
+    attached or the detached-sync sensor followed the run."""
+    policy = destination.failure_policy
+    metadata: dict[str, dg.MetadataValue] = {
+        "hightouch_run_id": dg.MetadataValue.text(run.id),
+        "hightouch_status": dg.MetadataValue.text(run.status),
+        "failed_rows": dg.MetadataValue.int(run.failed.total),
+        "planned_rows": dg.MetadataValue.int(run.planned.total),
+        "hightouch_run_url": dg.MetadataValue.url(run_url),
+    }
+    if run.status in TERMINAL_FAILURE:
+        why = f"Hightouch run {run.id} ended {run.status}: {run.error or 'no error message'}"
+        verdict = PreSyncVerdict(FAILED_ROWS_CHECK, False, why + ".", metadata)
+        return verdict, why
+    violation = failed_rows_violation(run, policy)
+    if violation is None:
+        verdict = PreSyncVerdict(
+            FAILED_ROWS_CHECK,
+            True,
+            f"Hightouch run {run.id}: {run.failed.total} of {run.planned.total} planned rows "
+            "failed, within the failure policy.",
+            metadata,
+        )
+        return verdict, None
+    severity = (
+        dg.AssetCheckSeverity.ERROR if policy.on_exceed == "fail" else dg.AssetCheckSeverity.WARN
+    )
+    verdict = PreSyncVerdict(
+        FAILED_ROWS_CHECK,
+        False,
+        f"Hightouch run {run.id}: {violation} (failure_policy on_exceed: {policy.on_exceed}).",
+        metadata,
+        severity=severity,
+    )
+    return verdict, violation
+
+
 def sync_run_metadata(run: SyncRun, run_url: str) -> dict[str, dg.MetadataValue]:
     """Metadata of a Hightouch run (the names the report and the summaries read back)."""
     values: dict[str, str | int] = {
@@ -341,6 +401,7 @@ def sync_destination(
     once_per_family: bool = False,
     extra_metadata: Mapping[str, object] | None = None,
     verdicts: list[PreSyncVerdict] | None = None,
+    may_detach: bool = False,
 ) -> SyncResult:
     """Gate, pool, re-attach or trigger once, follow, judge failed rows, record: the one path
     from a Dagster step to a Hightouch trigger (see the module docstring).
@@ -351,6 +412,10 @@ def sync_destination(
     step to yield as its own check results (also when this raises); without `verdicts` (an op)
     they are logged as evaluations of the sync asset's checks. An op caller gets the sync asset's
     materialization logged here; an asset step returns `result.metadata` itself.
+
+    With `may_detach` (asset steps), a production sync whose destination waits detached returns
+    right after the trigger (or re-attach) with `in_flight` set: the run is recorded as in
+    flight in the event log, and neither materialization nor `failed_rows` is reported here.
     """
     _check_run_config(context, destination)
     key = sync_asset_key_for(destination.key)
@@ -378,9 +443,27 @@ def sync_destination(
                 raise GateClosed(destination, refusals, list(decided))
             if any(v.blocks for v in decided):
                 raise SyncHeldBack(destination, list(decided))
+            carried: dict[str, dg.MetadataValue] = {}
+            for verdict in decided:
+                carried.update(verdict.record_on_success)
+            carried.update({k: _metadata_value(v) for k, v in (extra_metadata or {}).items()})
+            detachable = may_detach and stage is Stage.PRODUCTION and not once_per_family
+            if detachable:
+                _wait_for_detached_predecessor(context, key, destination, client, sync_id)
             result = _sync(
-                context, key, destination, client, sync_id, options, stage, once_per_family
+                context,
+                key,
+                destination,
+                client,
+                sync_id,
+                options,
+                stage,
+                once_per_family,
+                decide=decide,
+                detach_with=carried if detachable else None,
             )
+            if result.in_flight:
+                return result
         except HightouchRunFailed as error:
             # Only an interrupted run (Hightouch's own infrastructure stopped it) is worth a new
             # trigger from a step retry. A failed run is the destination's verdict and a
@@ -402,10 +485,8 @@ def sync_destination(
                 description=f"{destination.key}: {error}", allow_retries=True
             ) from None
     metadata = result.metadata
-    for verdict in decided:
-        metadata.update(verdict.record_on_success)
+    metadata.update(carried)
     metadata["sync_stage"] = dg.MetadataValue.text(stage.value)
-    metadata.update({k: _metadata_value(v) for k, v in (extra_metadata or {}).items()})
     if stage is Stage.PRODUCTION:
         _remember_synced_rows(context, destination, metadata)
         if not context.has_assets_def:
@@ -423,7 +504,13 @@ def _sync(
     options: SyncOptions,
     stage: Stage,
     once_per_family: bool,
+    *,
+    decide: Callable[[PreSyncVerdict], None],
+    detach_with: Mapping[str, dg.MetadataValue] | None = None,
 ) -> SyncResult:
+    """Trigger once (or re-attach), then follow the run to its end and judge its failed rows;
+    with `detach_with` (the metadata the sync's materialization will carry), a destination that
+    waits detached records the run as in flight instead and returns at once."""
     run_id = find_run_to_follow(
         context, key, client, sync_id, once_per_family=once_per_family, destination=destination
     )
@@ -437,14 +524,29 @@ def _sync(
             f"Triggered Hightouch run {run_id} of {stage.value} sync {sync_id}"
             + (" (full resync)" if options.full_resync else "")
         )
-    run = client.wait_for_run(sync_id, run_id)
     url = client.run_url(sync_id, run_id)
+    history: list[SyncRun] | None = None
+    if detach_with is not None and destination.wait != "attached":
+        history = client.recent_runs(sync_id, limit=HISTORY_RUNS)
+        latest = next((r for r in history if r.id == run_id), None) or _not_listed(sync_id, run_id)
+        why = _detach_reason(destination, latest, history)
+        if why is not None and not latest.finished:
+            _record_detached(context, key, destination, sync_id, latest, stage, detach_with, why)
+            return SyncResult(latest, url, sync_run_metadata(latest, url), in_flight=True)
+    try:
+        run = client.wait_for_run(sync_id, run_id, history=history)
+    except HightouchRunFailed as error:
+        if stage is Stage.PRODUCTION:
+            decide(failed_rows_verdict(destination, error.run, error.run_url)[0])
+        raise
     metadata = sync_run_metadata(run, url)
     context.log.info(
         f"Hightouch run {run_id} {run.status}: planned +{run.planned.added} "
         f"~{run.planned.changed} -{run.planned.removed}, failed {run.failed.total}"
     )
-    violation = failed_rows_violation(run, destination.failure_policy)
+    verdict, violation = failed_rows_verdict(destination, run, url)
+    if stage is Stage.PRODUCTION:
+        decide(verdict)
     if violation:
         message = f"{destination.key}: Hightouch run {run_id} ({run.status}): {violation} ({url})"
         if destination.failure_policy.on_exceed == "fail":
@@ -453,6 +555,90 @@ def _sync(
         context.log.warning(message)
         metadata["failure_policy"] = dg.MetadataValue.text(f"exceeded, warned: {violation}")
     return SyncResult(run, url, metadata)
+
+
+def _not_listed(sync_id: str, run_id: str) -> SyncRun:
+    """A run Hightouch does not list yet (it lists a new run within seconds): queued."""
+    none = RowCounts()
+    return SyncRun(run_id, sync_id, "queued", None, None, None, 0, 0.0, None, none, none, none)
+
+
+def _detach_reason(destination: Destination, run: SyncRun, history: list[SyncRun]) -> str | None:
+    """Why this run is left in flight, or None when the step waits for it (attached)."""
+    if destination.wait == "detached":
+        return "wait: detached in destinations.yaml"
+    if destination.wait != "auto":
+        return None
+    window = expected_end(run, history, datetime.now(UTC).timestamp())
+    if window is None:
+        return None
+    started = parse_api_time(run.started_at) or parse_api_time(run.created_at)
+    elapsed = max(0.0, datetime.now(UTC).timestamp() - started.timestamp()) if started else 0.0
+    longest = window[1] + elapsed
+    if longest <= destination.detach_after_seconds:
+        return None
+    return (
+        f"wait: auto, and recent runs of this sync took up to {longest:.0f}s, more than "
+        f"detach_after_seconds={destination.detach_after_seconds:.0f}"
+    )
+
+
+def _record_detached(
+    context: StepContext,
+    key: dg.AssetKey,
+    destination: Destination,
+    sync_id: str,
+    run: SyncRun,
+    stage: Stage,
+    carried: Mapping[str, dg.MetadataValue],
+    why: str,
+) -> None:
+    """The durable in-flight record: a trigger mark in Dagster's event log carrying what the
+    detached-sync sensor needs to report the run as this step would have."""
+    _mark(
+        context,
+        key,
+        sync_id,
+        DETACHED,
+        **{
+            **carried,
+            "hightouch_run_id": run.id,
+            "destination": destination.key,
+            "sync_stage": stage.value,
+            "dagster_run_id": context.run.run_id,
+            "detached_at": datetime.now(UTC).isoformat(),
+            "detached_because": why,
+        },
+    )
+    context.log.info(
+        f"Hightouch run {run.id} of sync {sync_id} is in flight ({run.status}); this step ends "
+        f"without waiting ({why}). The detached_sync_sensor reports {key.to_user_string()}'s "
+        "materialization and its failed_rows check when the run ends, and pages the owner if "
+        "it fails."
+    )
+
+
+def _wait_for_detached_predecessor(
+    context: StepContext,
+    key: dg.AssetKey,
+    destination: Destination,
+    client: HightouchClient,
+    sync_id: str,
+) -> None:
+    """One sync of a destination at a time, as its pool promises: a step whose predecessor left
+    a run in flight (detached) waits for that run to end before triggering. Its end is the
+    sensor's to report; a failed one is not this step's failure."""
+    from activation.core.detached import in_flight_of  # the follower imports this module
+
+    for record in in_flight_of(context.instance, destination):
+        if record.sync_id != sync_id or record.run_family == run_family(context):
+            continue  # this family's own run is re-attached to, never waited for twice
+        context.log.info(
+            f"Hightouch run {record.run_id} of {destination.key}, left in flight by Dagster run "
+            f"{record.dagster_run_id}, has not been reported ended yet; waiting for it first."
+        )
+        with suppress(HightouchRunFailed):
+            client.wait_for_run(sync_id, record.run_id)
 
 
 def _metadata_value(value: object) -> dg.MetadataValue:

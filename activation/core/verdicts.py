@@ -20,9 +20,10 @@ from typing import Any
 
 import dagster as dg
 
-from activation.lib.destinations import Destination
+from activation.lib.destinations import Destination, sync_asset_key_for
 
 GATE_CHECK = "quality_gate"
+FAILED_ROWS_CHECK = "failed_rows"  # judged after the run, not before: see failed_rows_check_spec
 BLOCKED_BY = "blocked_by"  # metadata: what refused, as the summaries name it
 
 
@@ -101,3 +102,25 @@ def blocked_by(verdicts: list[PreSyncVerdict]) -> str:
     """ "blocked by a, b": the status line the summaries show for a held-back sync."""
     names = [name for v in verdicts if v.blocks for name in (v.refusing or (v.check_name,))]
     return "blocked by " + ", ".join(names)
+
+
+def failed_rows_check_spec(destination: Destination) -> dg.AssetCheckSpec:
+    """The `failed_rows` check every sync asset carries: the destination's failed-rows policy on
+    the Hightouch run, judged when the run ends (by the step when it waits attached, by the
+    detached-sync sensor otherwise). Not a pre-sync decision: it never holds a sync back."""
+    policy = destination.failure_policy
+    limits = [
+        f"max_failed_rows={policy.max_failed_rows}" if policy.max_failed_rows is not None else "",
+        f"max_failed_ratio={policy.max_failed_ratio}"
+        if policy.max_failed_ratio is not None
+        else "",
+    ]
+    declared = ", ".join(limit for limit in limits if limit) or "no limit declared: any failed row"
+    return dg.AssetCheckSpec(
+        FAILED_ROWS_CHECK,
+        asset=sync_asset_key_for(destination.key),
+        description=f"After the Hightouch run ends: the rows {destination.destination_type} "
+        f"rejected stay within the failure_policy of destinations.yaml ({declared}); over it, "
+        f"the check fails ({'and the sync fails' if policy.on_exceed == 'fail' else 'as a warning'}"
+        "). Also fails when the run itself ended failed, cancelled or interrupted.",
+    )

@@ -43,6 +43,7 @@ def mart_asset_key(model_name: str) -> dg.AssetKey:
 
 
 DestinationType = Literal["salesforce", "hubspot", "iterable", "braze"]
+WaitMode = Literal["attached", "detached", "auto"]
 _IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 _SYNC_ID = r"^[0-9]+$"
 _SYNC_SLUG = r"^[a-z0-9][a-z0-9-]*$"
@@ -160,6 +161,22 @@ class Destination(BaseModel):
         "{login_count: bigint}: the schema contract lets the mart's column have this type "
         "although the last successful sync recorded another. Remove it once a sync shipped.",
     )
+    wait: WaitMode = Field(
+        default="auto",
+        description="How the sync step waits for its Hightouch run. attached: the step follows "
+        "the run to its end (a worker waits). detached: the step triggers (after the quality "
+        "gate and the schema contract), records the run as in flight and ends; the "
+        "detached_sync_sensor reports the sync's materialization and failed_rows check when the "
+        "run ends (docs/detached-syncs.md). auto (default): detached when the sync's recent "
+        "runs in Hightouch took longer than detach_after_seconds, else attached. A destination "
+        "that another declares `after` always waits attached.",
+    )
+    detach_after_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="With wait: auto, the sync detaches when its recent successful runs in "
+        "Hightouch took longer than this (the longest of them counts).",
+    )
 
     @field_validator("destination_fields", "accepted_type_changes", mode="before")
     @classmethod
@@ -255,7 +272,28 @@ class DestinationsFile(BaseModel):
                         f"{upstream!r} (known: {', '.join(keys)})"
                     )
         _refuse_cycles({d.key: d.after for d in self.destinations})
-        return self
+        return self._resolve_waits()
+
+    def _resolve_waits(self) -> DestinationsFile:
+        """A destination that another runs `after` must wait attached: its dependants read its
+        materialization in the same run. `detached` there is refused, `auto` becomes attached."""
+        dependants: dict[str, list[str]] = {}
+        for destination in self.destinations:
+            for upstream in destination.after:
+                dependants.setdefault(upstream, []).append(destination.key)
+        resolved = []
+        for index, destination in enumerate(self.destinations):
+            after_it = dependants.get(destination.key)
+            if after_it and destination.wait == "detached":
+                raise ValueError(
+                    f"destinations[{index}] ({destination.key}).wait: detached, but "
+                    f"{', '.join(after_it)} declare(s) after: [{destination.key}] and need its "
+                    "sync to end in the same run; use wait: attached (or auto)"
+                )
+            if after_it and destination.wait == "auto":
+                destination = destination.model_copy(update={"wait": "attached"})
+            resolved.append(destination)
+        return self.model_copy(update={"destinations": tuple(resolved)})
 
 
 def _refuse_duplicates(field: str, values: list[tuple[str, str]]) -> None:

@@ -564,8 +564,12 @@ class HightouchClient:
         poll_interval: float | None = None,
         max_poll_interval: float | None = None,
         poll_timeout: float | None = None,
+        history: Sequence[SyncRun] | None = None,
     ) -> SyncRun:
         """Poll until the run ends; raises when it fails or the timeout passes.
+
+        `history`: the sync's newest runs as the caller just read them (`recent_runs` with
+        `HISTORY_RUNS`), used as the first read instead of asking again.
 
         Polling adapts: it starts every `poll_interval` seconds and doubles up to
         `max_poll_interval` while nothing is known of the run's progress. Once Hightouch reports a
@@ -585,7 +589,8 @@ class HightouchClient:
         warned_statuses: set[str] = set()
         # The first read lists the sync's newest runs: ours, and the history that says how long
         # a run of this sync takes (one request for both; our run alone if it is not listed).
-        history = self.recent_runs(sync_id, limit=HISTORY_RUNS)
+        if history is None:
+            history = self.recent_runs(sync_id, limit=HISTORY_RUNS)
         run = next((r for r in history if r.id == run_id), None)
         if run is None:
             run = self.get_run(sync_id, run_id)

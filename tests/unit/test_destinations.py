@@ -367,3 +367,61 @@ def test_the_shipped_declaration_matches_the_dbt_project(parsed_manifest: Path) 
     )
     models = {n["name"]: n for n in json.loads(parsed_manifest.read_text())["nodes"].values()}
     assert all(models[d.mart]["columns"] for d in _shipped_destinations())
+
+
+# -- wait: attached | detached | auto ------------------------------------------------------------
+
+
+def test_wait_defaults_to_auto_except_where_another_destination_runs_after() -> None:
+    by_key = {d.key: d for d in parse_destinations(DEFAULT_DESTINATIONS_FILE)}
+    # salesforce_contacts runs after salesforce_accounts, which must therefore wait attached.
+    assert by_key["salesforce_accounts"].wait == "attached"
+    assert {by_key[k].wait for k in by_key if k != "salesforce_accounts"} == {"auto"}
+    assert all(d.detach_after_seconds == 900 for d in by_key.values())
+
+
+def test_wait_and_detach_after_are_read(tmp_path: Path) -> None:
+    document = _shipped()
+    document["destinations"][2]["wait"] = "detached"
+    document["destinations"][3]["wait"] = "attached"
+    document["destinations"][4]["detach_after_seconds"] = 60
+    by_key = {d.key: d for d in parse_destinations(_write(tmp_path, document))}
+    assert by_key["hubspot_contacts"].wait == "detached"
+    assert by_key["iterable_users"].wait == "attached"
+    assert by_key["braze_users"].wait == "auto"
+    assert by_key["braze_users"].detach_after_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("wait", "sometimes", "destinations[2] (hubspot_contacts).wait: Input should be"),
+        ("detach_after_seconds", 0, "destinations[2] (hubspot_contacts).detach_after_seconds"),
+    ],
+)
+def test_a_bad_wait_names_file_and_field(
+    tmp_path: Path, field: str, value: object, expected: str
+) -> None:
+    document = _shipped()
+    document["destinations"][2][field] = value
+    path = _write(tmp_path, document)
+    with pytest.raises(DestinationsFileError) as error:
+        parse_destinations(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_a_detached_destination_that_another_runs_after_is_refused(tmp_path: Path) -> None:
+    document = _shipped()
+    document["destinations"][0]["wait"] = "detached"  # salesforce_contacts runs after it
+    path = _write(tmp_path, document)
+    with pytest.raises(DestinationsFileError) as error:
+        parse_destinations(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert "destinations[0] (salesforce_accounts).wait: detached" in message
+    assert "salesforce_contacts" in message and "attached" in message
+    # Without the dependant, the same declaration is accepted.
+    del document["destinations"][1]["after"]
+    [accounts, *_] = parse_destinations(_write(tmp_path, document))
+    assert accounts.wait == "detached"
