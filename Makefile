@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/activation demo
 
-# Most tests wait on I/O (sandbox, dbt, Dagster runs): two workers, each test file whole on one
-# worker so its module fixtures (a sandbox, a checked warehouse) are built once.
-TEST_WORKERS ?= 2
+# Most tests wait on I/O (sandbox, dbt, Dagster runs, Celery workers): three workers on two cores
+# (the whole suite used 148% CPU with three), each test file whole on one worker so its module
+# fixtures (a sandbox, a checked warehouse) are built once.
+TEST_WORKERS ?= 3
 
 test: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
