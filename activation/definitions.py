@@ -33,6 +33,28 @@ def build_definitions() -> dg.Definitions:
     )
 
 
+# Definitions built ahead by the process step processes fork from (see `prebuild`).
+_prebuilt: dg.Definitions | None = None
+
+
+def prebuild() -> None:
+    """Build the definitions, and their asset graph, once in the multiprocess executor's
+    forkserver (activation/tooling/forkserver_preload.py), so every step process forked from it
+    finds them built instead of building them again (a second or more per step).
+
+    The forkserver starts with the run and has the run worker's environment, which is what each
+    step would have read. A build that fails here leaves nothing prebuilt: each step then builds
+    and reports the error itself, as it always did.
+    """
+    global _prebuilt
+    try:
+        definitions = build_definitions()
+        definitions.get_repository_def()
+    except Exception:  # noqa: BLE001 - see the docstring: the step reports it
+        return
+    _prebuilt = definitions
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions()
+    return _prebuilt if _prebuilt is not None else build_definitions()

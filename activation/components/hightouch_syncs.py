@@ -52,8 +52,9 @@ ACTIVATE_GROUP = "activate"
 # Sync steps mostly wait on Hightouch: jobs that fan out to destinations run them all at once
 # rather than one per core (the default). Pools still hold each destination to one sync at a
 # time across runs. Step processes fork from a forkserver that has already imported Dagster,
-# dagster-dbt, dagster-airbyte and the code location's modules, rather than each importing them
-# afresh (seconds per step); each step still runs in its own process.
+# dagster-dbt, dagster-airbyte and the code location's modules and built its definitions once,
+# rather than each importing and building them afresh (seconds per step); each step still runs
+# in its own process.
 PARALLEL_SYNCS = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 16,
@@ -64,6 +65,8 @@ PARALLEL_SYNCS = dg.multiprocess_executor.configured(
                     "activation.defs.ingest.airbyte",
                     "activation.defs.transform.dbt",
                     "activation.components.hightouch_syncs",
+                    # last: builds the definitions once for every step of the run
+                    "activation.tooling.forkserver_preload",
                 ]
             }
         },
