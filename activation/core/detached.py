@@ -43,7 +43,12 @@ import dagster as dg
 
 from activation.core.guards import record_synced_snapshot
 from activation.core.paging import GatePager, page_sync_failure, resolve_page, sync_failure_key
-from activation.core.run_summary import REPORT_KEY, outcome_from_metadata, summary_table
+from activation.core.run_summary import (
+    REPORT_KEY,
+    outcome_from_metadata,
+    previous_statuses,
+    summary_table,
+)
 from activation.core.sync_path import (
     DETACHED,
     REPORTED,
@@ -338,7 +343,7 @@ def follow_in_flight(
         after=listing.after,
     )
     materialized = _materialized(instance, order[:budget])
-    previous = _previous_statuses(instance)
+    previous = previous_statuses(instance)
     statuses: dict[str, str] = {}
     blocks: list[list[AssetEvent]] = []
     for record in order[:budget]:
@@ -474,15 +479,6 @@ def _report(
     block.append(verdict.evaluation(key))
     block.append(_reported_mark(record))
     return Ended(record, run, outcome, first)
-
-
-def _previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
-    records = instance.fetch_materializations(REPORT_KEY, limit=1).records
-    if not records:
-        return {}
-    materialization = records[0].event_log_entry.asset_materialization
-    value = materialization.metadata.get("statuses") if materialization else None
-    return dict(value.value) if value is not None else {}  # type: ignore[arg-type]
 
 
 def report_events(instance: dg.DagsterInstance, events: Iterable[AssetEvent]) -> None:

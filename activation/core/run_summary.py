@@ -253,7 +253,8 @@ def _not_started(
     )
 
 
-def _previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+def previous_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Each destination's status in the latest `activation_report` (what changed is news)."""
     records = instance.fetch_materializations(REPORT_KEY, limit=1).records
     if not records:
         return {}
@@ -276,7 +277,7 @@ def report_run(
     report = summarize_run(instance, run_id, destinations, gate)
     if report is None:
         return None
-    previous = _previous_statuses(instance)
+    previous = previous_statuses(instance)
     if slack is not None:
         try:
             slack.post(sync_summary_message(run_id, report.outcomes))
