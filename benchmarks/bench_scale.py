@@ -18,6 +18,8 @@ destination) after a sandbox reset, with every Hightouch run held running for
 `--running-seconds`. Printed per mode:
 
 - wall time from launch to the last sync's materialization;
+- the seconds sync steps held a worker process, summed over the 200 steps, and the most sync
+  steps running at once (from the run's event log): what a detached wait gives back;
 - peak processes and peak memory of the job's process tree, as proportional set size (a page
   shared by forked processes counted once), plus, detached, this process, which does the
   follower's work;
@@ -114,6 +116,38 @@ def sample(pid: int, sandbox, stop: threading.Event, into: Samples, extra_rss: C
             into.requests.append((now, hightouch_requests(sandbox)))
             next_count = now + 1.0
         stop.wait(SAMPLE_SECONDS)
+
+
+def sync_steps_held(instance, destinations) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """From the newest run's event log: the seconds sync steps held a worker process, summed
+    (STEP_START to its success or failure), and the most sync steps running at once."""
+    import dagster as dg
+
+    (run,) = instance.get_runs(limit=1)
+    steps = {f"activate__{d.key}" for d in destinations}
+    started: dict[str, float] = {}
+    spans: list[tuple[float, float]] = []
+    for entry in instance.all_logs(run.run_id):
+        event = entry.dagster_event
+        if event is None or entry.step_key not in steps:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif (
+            event.event_type
+            in (
+                dg.DagsterEventType.STEP_SUCCESS,
+                dg.DagsterEventType.STEP_FAILURE,
+            )
+            and entry.step_key in started
+        ):
+            spans.append((started.pop(entry.step_key), entry.timestamp))
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, change in edges:
+        running += change
+        peak = max(peak, running)
+    return sum(b - a for a, b in spans), peak
 
 
 def max_per_window(requests: list[tuple[float, int]], window: float = 10.0) -> int:
@@ -266,6 +300,7 @@ def run_mode(
     reap_orphans(keep)
     if code not in (0, None):
         print(f"  {name}: the job exited {code}; see {log}", flush=True)
+    held, concurrent = sync_steps_held(instance, destinations)
     delays = []
     for destination in destinations:
         seen = materialized_at(instance, keys[destination.key])
@@ -287,6 +322,8 @@ def run_mode(
         "peak_rss_mb": samples.peak_rss / 1e6,
         "max_requests_per_10s": max_per_window(samples.requests),
         "delays": delays,
+        "sync_step_seconds": held,
+        "peak_sync_steps": concurrent,
         "shipped": shipped,
     }
     delay_text = (
@@ -297,6 +334,7 @@ def run_mode(
     )
     print(
         f"{name:<9} {len(reported)}/{len(destinations)} syncs materialized in {wall:.0f} s | "
+        f"sync steps held a worker {held:.0f} s in all, at most {concurrent} at once | "
         f"peak processes {samples.peak_processes} | peak memory (PSS) "
         f"{samples.peak_rss / 1e6:.0f} MB | "
         f"Hightouch requests per 10 s: max {figures['max_requests_per_10s']} (limit "
