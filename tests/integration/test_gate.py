@@ -197,6 +197,22 @@ def test_failed_dbt_test_in_earlier_run_blocks_a_hand_launched_sync(
     planned = _latest(instance, dg.AssetCheckKey(CONTACTS_MART, MART_UNIQUE))
     assert planned is not None and planned.status == "passed" and planned.run_id != bad_run_id
 
+    # The sync asset is subsettable: a launch may leave its checks out (materialize without
+    # checks) or select only them. The gate is the sync path's, not the check's: neither
+    # reaches Hightouch while it is closed.
+    from activation.definitions import build_definitions
+
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    gate_check = dg.AssetCheckKey(sync_key(CONTACTS), "quality_gate")
+    for subset in (
+        job.get_subset(asset_selection={sync_key(CONTACTS)}, asset_check_selection=set()),
+        job.get_subset(asset_selection=set(), asset_check_selection={gate_check}),
+    ):
+        result = subset.execute_in_process(instance=instance, raise_on_error=False)
+        assert "activate__salesforce_contacts" in {e.step_key for e in result.all_events}
+        assert sandbox.trigger_counts() == triggers_before
+        assert sandbox.records("salesforce", "Contact") == records_before
+
     _good_again(sandbox, instance)
     assert synced(launch(instance, sync_key(CONTACTS)), sync_key(CONTACTS))
 
