@@ -30,6 +30,16 @@ event log does not hold it yet, matched by Hightouch run id. So a tick that is e
 or a daemon killed before or while storing a tick's events, reports what is missing and nothing
 twice. A page or Slack summary may be sent again after such a crash: a page carries the same
 PagerDuty dedup key, so the incident is the same one.
+
+What the event log is trusted for: anyone with the webserver can record runless events (its
+`/report_asset_*` endpoints), so a forged `detached` mark could make the follower report a run
+and rewrite the guards' baseline, and a forged `reported` mark, `failed_rows` evaluation or
+materialization could make it skip a real run's report and page. So a `detached` mark counts
+only when written inside an existing Dagster run, and a runless event counts only when it
+carries the follower's HMAC-SHA256 signature (`activation.core.ledger_signature`, keyed by a key
+derived from the Hightouch API token); events written inside a run count as they are. Rotating
+the token voids the old signatures: a run whose `reported` mark is not yet behind the sensor's
+cursor is reported again (its page keeps its dedup key, so it updates the same incident).
 """
 
 from __future__ import annotations
@@ -41,7 +51,9 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from activation.core import ledger_signature as ledger
 from activation.core.guards import record_synced_snapshot
+from activation.core.ledger_signature import LedgerSigner
 from activation.core.paging import GatePager, page_sync_failure, resolve_page, sync_failure_key
 from activation.core.run_summary import (
     REPORT_KEY,
@@ -122,8 +134,31 @@ def _text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
     return str(found.value) if found is not None and found.value is not None else ""
 
 
+@dataclass
+class _Trust:
+    """What one pass believes of the event log (see the module docstring): detached marks
+    written inside an existing run, and the follower's own runless events when signed."""
+
+    instance: dg.DagsterInstance
+    signer: LedgerSigner
+    runs: dict[str, bool] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    """Detached marks recorded outside a run, as "<asset> run <hightouch run id>"."""
+
+    def in_run(self, run_id: str) -> bool:
+        if run_id not in self.runs:
+            self.runs[run_id] = bool(run_id) and self.instance.get_run_by_id(run_id) is not None
+        return self.runs[run_id]
+
+    def counts(
+        self, kind: str, key: dg.AssetKey, run_id: str, metadata: Mapping[str, dg.MetadataValue]
+    ) -> bool:
+        """A ledger event counts when a run wrote it, or when it is the follower's own."""
+        return bool(run_id) or self.signer.verifies(kind, key, metadata)
+
+
 def _marks(
-    instance: dg.DagsterInstance,
+    trust: _Trust,
     destination: Destination,
     newest: int | None,
     after: int | None = None,
@@ -131,6 +166,7 @@ def _marks(
     """The destination's detached marks, oldest first (one per Hightouch run), the run ids its
     `reported` marks name, and the newest storage id read: among the observations of the sync
     asset after `after` (all when None), or its `newest`."""
+    instance = trust.instance
     key = sync_asset_key_for(destination.key)
     records: list[dg.EventLogRecord] = []
     if newest is not None:
@@ -156,7 +192,11 @@ def _marks(
         metadata = observation.metadata
         run_id = _text(metadata, "hightouch_run_id")
         if kind == REPORTED:
-            reported.add(run_id)
+            if trust.counts(ledger.REPORTED, key, record.run_id, metadata):
+                reported.add(run_id)
+            continue
+        if not trust.in_run(record.run_id):
+            trust.ignored.append(f"{key.to_user_string()} run {run_id or '(none)'}")
             continue
         if not run_id or run_id in marks:  # a re-attaching re-execution may mark it again
             continue
@@ -173,9 +213,10 @@ def _marks(
     return list(marks.values()), reported, newest_read
 
 
-def _materialized(instance: dg.DagsterInstance, records: Sequence[InFlight]) -> set[str]:
+def _materialized(trust: _Trust, records: Sequence[InFlight]) -> set[str]:
     """Run ids among `records` whose sync asset materialization (matched by Hightouch run id)
     the event log holds, recorded by the sensor or by a step that re-attached and waited."""
+    instance = trust.instance
     found: set[str] = set()
     ids: dict[dg.AssetKey, set[str]] = {}
     oldest: dict[dg.AssetKey, int] = {}
@@ -192,10 +233,13 @@ def _materialized(instance: dg.DagsterInstance, records: Sequence[InFlight]) -> 
             )
             for stored in page.records:
                 materialization = stored.asset_materialization
-                run_id = (
-                    _text(materialization.metadata, "hightouch_run_id") if materialization else ""
-                )
-                if run_id in run_ids:
+                if materialization is None:
+                    continue
+                metadata = materialization.metadata
+                run_id = _text(metadata, "hightouch_run_id")
+                if run_id in run_ids and trust.counts(
+                    ledger.MATERIALIZATION, key, stored.run_id, metadata
+                ):
                     found.add(run_id)
             if not page.has_more or not page.records:
                 break
@@ -208,7 +252,7 @@ _RECENT_RUNLESS_CHECKS = 500
 
 
 def _judged(
-    instance: dg.DagsterInstance, destination: Destination, runless: Mapping[dg.AssetKey, set[str]]
+    trust: _Trust, destination: Destination, runless: Mapping[dg.AssetKey, set[str]]
 ) -> set[str]:
     """Run ids of the sync's recorded `failed_rows` evaluations: the newest outside any run
     (`runless`, read once per pass) and those of recent runs (a step that re-attached to a
@@ -216,17 +260,20 @@ def _judged(
     key = sync_asset_key_for(destination.key)
     check_key = dg.AssetCheckKey(key, FAILED_ROWS_CHECK)
     found = set(runless.get(key, set()))
-    for entry in check_history(instance, check_key, limit=25):
-        if entry.evaluation is not None:
-            found.add(_text(entry.evaluation.metadata, "hightouch_run_id"))
+    for entry in check_history(trust.instance, check_key, limit=25):
+        evaluation = entry.evaluation
+        if evaluation is not None and trust.counts(
+            ledger.FAILED_ROWS, key, entry.run_id, evaluation.metadata
+        ):
+            found.add(_text(evaluation.metadata, "hightouch_run_id"))
     return found
 
 
-def _runless_judged(instance: dg.DagsterInstance) -> dict[dg.AssetKey, set[str]]:
-    """Run ids of the newest `failed_rows` evaluations recorded outside any run (by this
+def _runless_judged(trust: _Trust) -> dict[dg.AssetKey, set[str]]:
+    """Run ids of the newest signed `failed_rows` evaluations recorded outside any run (by this
     sensor), by sync asset. Only a crash between a run's evaluation and its `reported` mark
     makes them matter, and that evaluation is then among the newest."""
-    connection = instance.get_records_for_run(
+    connection = trust.instance.get_records_for_run(
         _RUNLESS_RUN_ID,
         of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
         limit=_RECENT_RUNLESS_CHECKS,
@@ -236,34 +283,47 @@ def _runless_judged(instance: dg.DagsterInstance) -> dict[dg.AssetKey, set[str]]
     for record in connection.records:
         event = record.event_log_entry.dagster_event
         evaluation = event.asset_check_evaluation_data if event else None
-        if evaluation is not None and evaluation.check_name == FAILED_ROWS_CHECK:
+        if (
+            evaluation is not None
+            and evaluation.check_name == FAILED_ROWS_CHECK
+            and trust.signer.verifies(ledger.FAILED_ROWS, evaluation.asset_key, evaluation.metadata)
+        ):
             run_id = _text(evaluation.metadata, "hightouch_run_id")
             found.setdefault(evaluation.asset_key, set()).add(run_id)
     return found
 
 
 @dataclass(frozen=True)
-class _Listing:
+class Listing:
+    """One read of the event log: what is in flight, for a pass of `follow_in_flight`."""
+
     pending: list[InFlight]
+    """Still in flight, oldest first."""
     repairs: list[AssetEvent]
     """`reported` marks for runs whose evaluation the check history holds without one."""
     after: dict[str, int]
     """Destination key -> storage id up to which every detached mark is reported (stored)."""
 
 
-def _list(
+def list_in_flight(
     instance: dg.DagsterInstance,
     destinations: Iterable[Destination],
-    newest: int | None,
+    *,
+    signer: LedgerSigner,
+    newest: int | None = None,
     after: Mapping[str, int] | None = None,
-) -> _Listing:
+    log: Log | None = None,
+) -> Listing:
+    """Every run left in flight whose end is not recorded yet (`after`: as in
+    `follow_in_flight`; `newest`: only among each sync asset's newest observations)."""
+    trust = _Trust(instance, signer)
     pending: list[InFlight] = []
     repairs: list[AssetEvent] = []
     low_water: dict[str, int] = {}
     runless: dict[dg.AssetKey, set[str]] | None = None
     for destination in destinations:
         start = (after or {}).get(destination.key)
-        marks, reported, newest_read = _marks(instance, destination, newest, start)
+        marks, reported, newest_read = _marks(trust, destination, newest, start)
         open_marks = [m for m in marks if m.run_id not in reported]
         # Marks reported in this pass are stored after it: the next pass reads them again.
         if open_marks:
@@ -272,25 +332,30 @@ def _list(
             low_water[destination.key] = newest_read
         if not open_marks:
             continue
-        runless = _runless_judged(instance) if runless is None else runless
-        judged = _judged(instance, destination, runless)
+        runless = _runless_judged(trust) if runless is None else runless
+        judged = _judged(trust, destination, runless)
         for mark in open_marks:
             if mark.run_id in judged:
-                repairs.append(_reported_mark(mark))
+                repairs.append(_reported_mark(mark, signer))
             else:
                 pending.append(mark)
-    return _Listing(sorted(pending, key=lambda r: r.storage_id), repairs, low_water)
+    if trust.ignored:
+        (log or logging.getLogger(__name__)).warning(
+            f"detached mark(s) reported outside a run ignored: {', '.join(trust.ignored)} "
+            "(only a sync step's run records a run in flight)"
+        )
+    return Listing(sorted(pending, key=lambda r: r.storage_id), repairs, low_water)
 
 
-def _reported_mark(record: InFlight) -> dg.AssetObservation:
+def _reported_mark(record: InFlight, signer: LedgerSigner) -> dg.AssetObservation:
+    metadata = {
+        TRIGGER_MARK: dg.MetadataValue.text(REPORTED),
+        "hightouch_sync_id": dg.MetadataValue.text(record.sync_id),
+        "hightouch_run_id": dg.MetadataValue.text(record.run_id),
+        "dagster_run_id": dg.MetadataValue.text(record.dagster_run_id),
+    }
     return dg.AssetObservation(
-        asset_key=record.key,
-        metadata={
-            TRIGGER_MARK: REPORTED,
-            "hightouch_sync_id": record.sync_id,
-            "hightouch_run_id": record.run_id,
-            "dagster_run_id": record.dagster_run_id,
-        },
+        asset_key=record.key, metadata=signer.sign(ledger.REPORTED, record.key, metadata)
     )
 
 
@@ -298,18 +363,24 @@ def in_flight_runs(
     instance: dg.DagsterInstance,
     destinations: Iterable[Destination],
     *,
-    newest: int | None = None,
+    signer: LedgerSigner,
     after: Mapping[str, int] | None = None,
 ) -> list[InFlight]:
     """Every run left in flight whose end is not recorded yet, oldest first (`after`: as in
     `follow_in_flight`)."""
-    return _list(instance, destinations, newest, after).pending
+    return list_in_flight(instance, destinations, signer=signer, after=after).pending
 
 
-def in_flight_of(instance: dg.DagsterInstance, destination: Destination) -> list[InFlight]:
+def in_flight_of(
+    instance: dg.DagsterInstance,
+    destination: Destination,
+    *,
+    signer: LedgerSigner,
+    log: Log | None = None,
+) -> list[InFlight]:
     """The destination's runs still in flight, among its recent marks (for the sync path, which
     lets one sync of a destination run at a time)."""
-    return in_flight_runs(instance, [destination], newest=200)
+    return list_in_flight(instance, [destination], signer=signer, newest=200, log=log).pending
 
 
 def follow_in_flight(
@@ -317,6 +388,8 @@ def follow_in_flight(
     client: HightouchClient,
     destinations: Sequence[Destination],
     *,
+    signer: LedgerSigner,
+    listing: Listing | None = None,
     max_requests: int | None = None,
     checked: Mapping[str, float] | None = None,
     after: Mapping[str, int] | None = None,
@@ -331,9 +404,13 @@ def follow_in_flight(
 
     `checked` and `after` are the previous pass's `FollowResult.checked` (when each run was last
     read) and `FollowResult.after` (where each sync asset's marks are all reported); both only
-    save work, and a pass without them reads the whole history."""
+    save work, and a pass without them reads the whole history. `listing` is this pass's
+    `list_in_flight` when the caller already read it (the sensor, to size `max_requests`);
+    `signer` signs the events and verifies those the event log holds (see the module docstring).
+    """
     log = log or logging.getLogger(__name__)
-    listing = _list(instance, destinations, None, after)
+    if listing is None:
+        listing = list_in_flight(instance, destinations, signer=signer, after=after, log=log)
     last_read = dict(checked or {})
     order = sorted(listing.pending, key=lambda r: (last_read.get(r.run_id, 0.0), r.storage_id))
     budget = len(order) if max_requests is None else max(0, max_requests)
@@ -342,7 +419,7 @@ def follow_in_flight(
         deferred=max(0, len(order) - budget),
         after=listing.after,
     )
-    materialized = _materialized(instance, order[:budget])
+    materialized = _materialized(_Trust(instance, signer), order[:budget])
     previous = previous_statuses(instance)
     statuses: dict[str, str] = {}
     blocks: list[list[AssetEvent]] = []
@@ -366,6 +443,7 @@ def follow_in_flight(
             record.run_id in materialized,
             result.events,
             block,
+            signer=signer,
             pagerduty=pagerduty,
             slack=slack,
             log=log,
@@ -415,6 +493,7 @@ def _report(
     side_events: list[AssetEvent],
     block: list[AssetEvent],
     *,
+    signer: LedgerSigner,
     pagerduty: PagerDutyResource | None,
     slack: SlackWebhookResource | None,
     log: Log,
@@ -439,7 +518,8 @@ def _report(
                 metadata["synced_snapshot_rows"] = dg.MetadataValue.int(rows)
             except Exception as error:  # as the attached path: the sync stands without it
                 log.warning(f"{destination.key}: synced snapshot not recorded: {error}")
-            block.append(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+            signed = signer.sign(ledger.MATERIALIZATION, key, metadata)
+            block.append(dg.AssetMaterialization(asset_key=key, metadata=signed))
     status = "failed" if failed else run.status
     detail = (
         f"Hightouch run {run.id}: {violation or run.error or run.status}" if failed else ""
@@ -476,8 +556,13 @@ def _report(
                 slack.post(sync_summary_message(record.dagster_run_id, [outcome]))
             except NotificationError as error:
                 log.error(f"SLACK FAILED: the summary of run {run.id} was not posted: {error}")
-    block.append(verdict.evaluation(key))
-    block.append(_reported_mark(record))
+    evaluation = verdict.evaluation(key)
+    evaluated = {
+        **evaluation.metadata,
+        "dagster_run_id": dg.MetadataValue.text(record.dagster_run_id),
+    }
+    block.append(evaluation.with_metadata(signer.sign(ledger.FAILED_ROWS, key, evaluated)))
+    block.append(_reported_mark(record, signer))
     return Ended(record, run, outcome, first)
 
 

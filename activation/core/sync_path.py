@@ -51,6 +51,7 @@ from dagster import AssetExecutionContext, OpExecutionContext
 from activation.core.contract import contract_verdict
 from activation.core.gate import GateClosed, gate_verdict, resolve_gate_page
 from activation.core.guards import record_synced_snapshot
+from activation.core.ledger_signature import MATERIALIZATION, LedgerSigner
 from activation.core.verdicts import FAILED_ROWS_CHECK, PreSyncVerdict, SyncHeldBack
 from activation.lib.destinations import Destination, FailurePolicy, sync_asset_key_for
 from activation.lib.hightouch import (
@@ -134,13 +135,15 @@ def run_family(context: StepContext) -> str:
 
 
 def _marks(context: StepContext, key: dg.AssetKey, sync_id: str) -> list[dict[str, str]]:
-    """This family's trigger marks for the sync, newest first."""
+    """This family's trigger marks for the sync, newest first. Only marks written inside a run
+    count: a mark reported through the webserver (runless, anyone can send one) naming this
+    family could otherwise make a retry follow a run of the forger's choosing."""
     family = run_family(context)
     result = context.instance.fetch_observations(key, limit=_LOOKBACK)
     marks = []
     for record in result.records:
         observation = record.event_log_entry.asset_observation
-        if observation is None:
+        if observation is None or not record.run_id:
             continue
         values = {name: str(value.value) for name, value in observation.metadata.items()}
         if (
@@ -171,12 +174,24 @@ def _mark(
     )
 
 
-def _already_materialized(context: StepContext, key: dg.AssetKey, hightouch_run_id: str) -> bool:
+def _already_materialized(
+    context: StepContext, key: dg.AssetKey, hightouch_run_id: str, signer: LedgerSigner | None
+) -> bool:
+    """`hightouch_run_id` is recorded as synced: by a run, or by the detached follower (a runless
+    report carrying its signature, checked with `signer`). Any other runless report (anyone can
+    send one through the webserver) does not count: a forged one would make a retry skip or
+    refuse a sync that never happened. Without it, a retry follows the ended run again, which
+    triggers nothing."""
     result = context.instance.fetch_materializations(key, limit=5)
     for record in result.records:
         materialization = record.event_log_entry.asset_materialization
         meta = materialization.metadata if materialization else {}
-        if "hightouch_run_id" in meta and str(meta["hightouch_run_id"].value) == hightouch_run_id:
+        if (
+            "hightouch_run_id" not in meta
+            or str(meta["hightouch_run_id"].value) != hightouch_run_id
+        ):
+            continue
+        if record.run_id or (signer is not None and signer.verifies(MATERIALIZATION, key, meta)):
             return True
     return False
 
@@ -206,10 +221,12 @@ def find_run_to_follow(
     *,
     once_per_family: bool = False,
     destination: Destination | None = None,
+    signer: LedgerSigner | None = None,
 ) -> str | None:
     """The Hightouch run an earlier attempt of this run family started and that is worth
     following, or None when a new trigger is right. With `once_per_family`, a run the family
-    already recorded as synced refuses (`SyncRefused`) instead of allowing a second trigger."""
+    already recorded as synced refuses (`SyncRefused`) instead of allowing a second trigger.
+    `signer` lets the detached follower's signed reports count as recorded."""
     marks = _marks(context, key, sync_id)
     if not marks:
         return None
@@ -222,7 +239,7 @@ def find_run_to_follow(
         return None
     run_id = triggered["hightouch_run_id"]
     if once_per_family:
-        if _already_materialized(context, key, run_id):
+        if _already_materialized(context, key, run_id, signer):
             raise SyncRefused(
                 destination,  # type: ignore[arg-type]
                 f"this promotion's approval was already used by Hightouch run {run_id} of sync "
@@ -234,7 +251,7 @@ def find_run_to_follow(
             "(an approval triggers production at most once)."
         )
         return run_id
-    if _already_materialized(context, key, run_id):
+    if _already_materialized(context, key, run_id, signer):
         return None
     run = client.get_run(sync_id, run_id)
     if run is not None and run.finished and run.status in TERMINAL_FAILURE:
@@ -448,8 +465,9 @@ def sync_destination(
                 carried.update(verdict.record_on_success)
             carried.update({k: _metadata_value(v) for k, v in (extra_metadata or {}).items()})
             detachable = may_detach and stage is Stage.PRODUCTION and not once_per_family
+            signer = LedgerSigner(hightouch.api_token)
             if detachable:
-                _wait_for_detached_predecessor(context, key, destination, client, sync_id)
+                _wait_for_detached_predecessor(context, key, destination, client, sync_id, signer)
             result = _sync(
                 context,
                 key,
@@ -460,6 +478,7 @@ def sync_destination(
                 stage,
                 once_per_family,
                 decide=decide,
+                signer=signer,
                 detach_with=carried if detachable else None,
             )
             if result.in_flight:
@@ -506,13 +525,20 @@ def _sync(
     once_per_family: bool,
     *,
     decide: Callable[[PreSyncVerdict], None],
+    signer: LedgerSigner,
     detach_with: Mapping[str, dg.MetadataValue] | None = None,
 ) -> SyncResult:
     """Trigger once (or re-attach), then follow the run to its end and judge its failed rows;
     with `detach_with` (the metadata the sync's materialization will carry), a destination that
     waits detached records the run as in flight instead and returns at once."""
     run_id = find_run_to_follow(
-        context, key, client, sync_id, once_per_family=once_per_family, destination=destination
+        context,
+        key,
+        client,
+        sync_id,
+        once_per_family=once_per_family,
+        destination=destination,
+        signer=signer,
     )
     if run_id is None:
         _mark(context, key, sync_id, "intent", intent_at=datetime.now(UTC).isoformat())
@@ -624,13 +650,14 @@ def _wait_for_detached_predecessor(
     destination: Destination,
     client: HightouchClient,
     sync_id: str,
+    signer: LedgerSigner,
 ) -> None:
     """One sync of a destination at a time, as its pool promises: a step whose predecessor left
     a run in flight (detached) waits for that run to end before triggering. Its end is the
     sensor's to report; a failed one is not this step's failure."""
     from activation.core.detached import in_flight_of  # the follower imports this module
 
-    for record in in_flight_of(context.instance, destination):
+    for record in in_flight_of(context.instance, destination, signer=signer, log=context.log):
         if record.sync_id != sync_id or record.run_family == run_family(context):
             continue  # this family's own run is re-attached to, never waited for twice
         context.log.info(

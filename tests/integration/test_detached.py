@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from activation.core.contract import recorded_types
+from activation.core.ledger_signature import LedgerSigner
 from activation.lib.destinations import load_destinations
 from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.lib.hightouch import IN_FLIGHT
@@ -108,8 +109,9 @@ class Sensor:
         """Tick and store until no detached run is in flight."""
         from activation.core.detached import in_flight_runs
 
+        signer = LedgerSigner(TOKEN)
         deadline = time.monotonic() + timeout
-        while in_flight_runs(self.instance, load_destinations()):
+        while in_flight_runs(self.instance, load_destinations(), signer=signer):
             assert time.monotonic() < deadline, "detached runs still in flight"
             self.store(self.tick())
             time.sleep(0.3)

@@ -18,6 +18,7 @@ import duckdb
 import httpx
 import pytest
 
+from activation.core.sync_path import TRIGGER_MARK
 from activation.lib.destinations import load_destinations
 from activation.lib.environment import (
     SANDBOX_AIRBYTE_CONNECTION_ID,
@@ -348,6 +349,66 @@ def test_a_reexecution_from_failure_follows_the_run_of_the_failed_run(world: Wor
     assert triggers(world) - before == 1
     assert delivered_since(world, calls) == world.mart_rows
     assert "Re-attaching to Hightouch run" in run_log_text(world, rerun.run_id)
+
+
+def test_forged_reports_outside_a_run_do_not_steer_a_reexecution(world: World) -> None:
+    """Anyone with the webserver can report runless events. A forged trigger mark naming the
+    failed run's family (pointing at a decoy Hightouch run) and a forged materialization saying
+    the genuine run was synced must not make the re-execution follow the decoy, nor skip the
+    genuine run and trigger a second one: it follows the run the failed attempt started."""
+    inject(world, kind="status", status=503, path_regex=RUNS_PATH, method="GET", count=1000)
+    failed = sync_once(world)
+    assert not failed.success
+    httpx.delete(world.sandbox.url + "/sandbox/faults").raise_for_status()
+    genuine = _triggered_run(world, failed.run_id)
+    decoy = httpx.post(
+        f"{world.sandbox.url}{SANDBOX_HIGHTOUCH_PREFIX}/syncs/{SYNC_ID}/trigger",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={},
+    )
+    decoy.raise_for_status()
+    decoy_run = str(decoy.json()["id"])
+    before, calls = triggers(world), call_count(world)
+    world.instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=SYNC_KEY,
+            metadata={
+                TRIGGER_MARK: "triggered",
+                "dagster_run_family": failed.run_id,
+                "hightouch_sync_id": SYNC_ID,
+                "hightouch_run_id": decoy_run,
+            },
+        )
+    )
+    world.instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=SYNC_KEY, metadata={"hightouch_run_id": genuine})
+    )
+
+    rerun = dg.execute_job(
+        dg.reconstructable(_reexecutable_job),
+        instance=world.instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(failed.run_id, world.instance),
+        raise_on_error=False,
+    )
+    assert rerun.success
+    assert triggers(world) == before  # no second trigger: the genuine run is followed
+    assert f"Re-attaching to Hightouch run {genuine}" in run_log_text(world, rerun.run_id)
+    recorded = world.instance.fetch_materializations(SYNC_KEY, limit=1).records[0]
+    assert recorded.run_id == rerun.run_id
+    assert recorded.asset_materialization is not None
+    assert recorded.asset_materialization.metadata["hightouch_run_id"].value == genuine
+    assert delivered_since(world, calls) == 0  # the genuine run had delivered already
+
+
+def _triggered_run(world: World, run_id: str) -> str:
+    """The Hightouch run the run's own step recorded as triggered."""
+    for record in world.instance.fetch_observations(SYNC_KEY, limit=50).records:
+        observation = record.event_log_entry.asset_observation
+        if record.run_id == run_id and observation is not None:
+            mark = observation.metadata.get(TRIGGER_MARK)
+            if mark is not None and mark.value == "triggered":
+                return str(observation.metadata["hightouch_run_id"].value)
+    raise AssertionError(f"run {run_id} recorded no trigger")
 
 
 def _reexecutable_job() -> dg.JobDefinition:

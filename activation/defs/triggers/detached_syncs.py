@@ -1,8 +1,8 @@
 """The follower of detached syncs: `detached_sync_sensor` reports each Hightouch run a sync step
 left in flight (a destination that waits detached, docs/detached-syncs.md) once it ends.
 
-Every tick lists the in-flight runs from Dagster's event log, reads each once with the Hightouch
-client in one batched pass, and returns, for the runs that ended, the sync asset's
+Every tick lists the in-flight runs from Dagster's event log once, reads each once with the
+Hightouch client in one batched pass, and returns, for the runs that ended, the sync asset's
 materialization and its `failed_rows` check evaluation as the step would have recorded them,
 after paging the owner when the run failed or broke its failure policy
 (`activation.core.detached.follow_in_flight`).
@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from activation.core.detached import follow_in_flight, in_flight_runs
+from activation.core.detached import follow_in_flight, list_in_flight
+from activation.core.ledger_signature import LedgerSigner
 from activation.lib.destinations import Destination, load_destinations
 from activation.resources import HightouchResource, PagerDutyResource, SlackWebhookResource
 
@@ -74,17 +75,21 @@ def build_detached_sync_sensor(destinations: Sequence[Destination]) -> dg.Sensor
         slack: SlackWebhookResource,
     ) -> dg.SensorResult:
         checked, after = load_cursor(context.cursor)
-        records = in_flight_runs(context.instance, captured, after=after)
-        followed = len({r.destination.key for r in records})
+        signer = LedgerSigner(hightouch.api_token)
+        listing = list_in_flight(
+            context.instance, captured, signer=signer, after=after, log=context.log
+        )
+        followed = len({r.destination.key for r in listing.pending})
         budget, rate = request_budget(hightouch.max_requests_per_second, followed)
         with hightouch.get_client(requests_per_second=rate) as client:
             result = follow_in_flight(
                 context.instance,
                 client,
                 captured,
+                signer=signer,
+                listing=listing,
                 max_requests=budget,
                 checked=checked,
-                after=after,
                 pagerduty=pagerduty,
                 slack=slack,
                 log=context.log,
