@@ -25,6 +25,22 @@ HOME_OPTION = "--dagster-home"
 INSTANCE_MARKERS = ("dagster.yaml", "storage", "history")
 
 
+LOCAL_INSTANCE_YAML = """\
+# Written by activation for a local instance (make dev, the test stack, the benchmarks), as
+# deploy/dagster.yaml does for production: a queued run starts within a second of being queued
+# (Dagster's default looks every 5 s), since a signal's syncs wait on it.
+run_queue:
+  dequeue_interval_seconds: 1
+"""
+
+
+def write_local_instance_config(home: Path) -> None:
+    """Give a local Dagster home its dagster.yaml, unless it has one with content (the user's)."""
+    config = home / "dagster.yaml"
+    if not config.exists() or not config.read_text().strip():
+        config.write_text(LOCAL_INSTANCE_YAML)
+
+
 def dev_home() -> Path:
     """The instance `activation dev` (`make dev`) runs against."""
     return data_dir() / "dagster_home"

@@ -21,7 +21,7 @@ import dagster as dg
 from activation.lib.destinations import load_destinations
 from activation.lib.paths import PROJECT_ROOT, data_dir
 from activation.sandbox.context import SandboxSettings
-from activation.tooling.dagster_home import dev_home
+from activation.tooling.dagster_home import dev_home, write_local_instance_config
 from activation.tooling.demo import prepare_code_location, sandbox_environment
 from activation.tooling.preflight import (
     HomeInUse,
@@ -132,7 +132,7 @@ def run_dev(port: int, sandbox_port: int, webhook_port: int = 8766) -> int:
     wire_slack_app(folder, webhook_port)
     try:
         with hold_home(home), sandbox_environment(folder, port=sandbox_port) as sandbox:
-            (home / "dagster.yaml").touch()
+            write_local_instance_config(home)
             print(f"Sandbox on {sandbox.url} (data in {folder})")
             return _serve(folder, home, port, webhook_port)
     except HomeInUse as error:

@@ -24,6 +24,7 @@ import httpx
 from activation.lib.environment import SANDBOX_AIRBYTE_CONNECTION_ID, SANDBOX_AIRBYTE_REST_PREFIX
 from activation.lib.paths import PROJECT_ROOT
 from activation.sandbox.launcher import SandboxProcess, free_port
+from activation.tooling.dagster_home import write_local_instance_config
 from activation.webhooks.signatures import (
     FIVETRAN_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
@@ -113,7 +114,7 @@ def migrate_dagster_home(home: Path, env: dict[str, str]) -> None:
     """Create the Dagster home once, before several processes open it (NOTES.md: two processes
     creating a fresh SQLite home at once broke it)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    write_local_instance_config(home)
     subprocess.run(
         [sys.executable, "-m", "dagster", "instance", "migrate"],
         env={**env, "DAGSTER_HOME": str(home)},

@@ -50,7 +50,8 @@ from activation.defs.triggers.common import (
 )
 from activation.lib.destinations import Destination, load_destinations
 
-MART_SENSOR_INTERVAL_SECONDS = 5
+# Every pass of the sensor daemon (a 5 s loop); see WEBHOOK_SENSOR_INTERVAL_SECONDS.
+MART_SENSOR_INTERVAL_SECONDS = 1
 MART_TAG = "activation/mart"
 UPSTREAM_RUN_TAG = "activation/upstream-run"
 PAGE = 100
