@@ -50,11 +50,11 @@ from activation.resources import (
 ACTIVATE_GROUP = "activate"
 
 # Sync steps mostly wait on Hightouch: jobs that fan out to destinations run them all at once
-# rather than one per core (the default). Pools still hold each destination to one sync at a
-# time across runs. Step processes fork from a forkserver that has already imported Dagster,
-# dagster-dbt, dagster-airbyte and the code location's modules and built its definitions once,
-# rather than each importing and building them afresh (seconds per step); each step still runs
-# in its own process.
+# rather than one per core (the default); it is the code location's default executor too. Pools
+# still hold each destination to one sync at a time across runs. Step processes fork from a
+# forkserver that has already imported Dagster, dagster-dbt, dagster-airbyte and the code
+# location's modules and built its definitions once, rather than each importing and building
+# them afresh (seconds per step); each step still runs in its own process.
 PARALLEL_SYNCS = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 16,

@@ -1,5 +1,6 @@
-"""Which Dagster executor runs the steps of the jobs that fan out to destinations, chosen when
-the code location loads.
+"""Which Dagster executor runs the steps of the code location's jobs (`activate` and
+`full_resync` name it; it is the location's default for the others), chosen when the code
+location loads.
 
     ACTIVATION_EXECUTOR=multiprocess (default)  every step in a process of the run's own host
                                                 (PARALLEL_SYNCS, unchanged)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import Field
 
+from activation.components.hightouch_syncs import PARALLEL_SYNCS
 from activation.core.approvals import (
     APPROVALS_KEY,
     REVIEW_STEP,
@@ -620,6 +621,9 @@ def build_promote_job(destinations: Sequence[Destination]) -> dg.JobDefinition:
         "human sign-off: staging sync, review request (Slack and Teams), sign-off, production "
         "sync, announcement. Both syncs pass the quality gate and hold the destination's pool.",
         tags={"activation/concern": "promotion"},
+        # Never Celery (ACTIVATION_EXECUTOR): the sign-off step waits hours for a human, which
+        # would hold a Celery worker and outlive the broker's visibility timeout (redelivery).
+        executor_def=PARALLEL_SYNCS,
     )
     def promote() -> None:
         targets = promotion_target()

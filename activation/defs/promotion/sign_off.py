@@ -30,6 +30,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from activation.components.hightouch_syncs import PARALLEL_SYNCS
 from activation.core.approvals import (
     Decision,
     DecisionRefused,
@@ -322,6 +323,7 @@ def record_sign_off(context: dg.OpExecutionContext, config: SignOffForm) -> dg.O
     description="Approve or reject a waiting promote run from the Launchpad (needs the code "
     "posted in the review channel).",
     tags={"activation/concern": "promotion"},
+    executor_def=PARALLEL_SYNCS,  # one short step, on the run's own host, as promote
 )
 def sign_off_job() -> None:
     record_sign_off()
