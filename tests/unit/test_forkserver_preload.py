@@ -1,0 +1,86 @@
+"""The forkserver preload warms Dagster's instance storage once per run, and leaves nothing open.
+
+Each step process is forked from the multiprocess executor's forkserver. Whatever the forkserver
+holds open is shared by every step: an open SQLite or PostgreSQL connection would be used by
+several processes at once. So the warm-up must import the storage modules (what makes the first
+instance of a process slow) and close what it opened. Each case runs in a fresh interpreter,
+as the forkserver is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from activation.lib.paths import PROJECT_ROOT
+
+PROBE = r"""
+import json, os, sys
+import activation.tooling.forkserver_preload  # noqa: F401  (the forkserver's import)
+home = os.environ.get("DAGSTER_HOME", "")
+open_in_home = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        continue
+    if home and target.startswith(home):
+        open_in_home.append(target)
+print(json.dumps({
+    "storage_imported": "dagster._core.storage.runs.sqlite.sqlite_run_storage" in sys.modules,
+    "alembic_imported": "alembic" in sys.modules,
+    "open_in_home": open_in_home,
+}))
+"""
+
+
+def _probe(env_home: Path | None) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    if env_home is not None:
+        env["DAGSTER_HOME"] = str(env_home)
+    env["DO_NOT_TRACK"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_storage_modules_are_imported_and_nothing_stays_open(tmp_path: Path) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    probed = _probe(home)
+    assert probed["storage_imported"] is True
+    assert probed["alembic_imported"] is True
+    # The instance was opened (its SQLite files exist) and closed again before any fork.
+    assert (home / "history").exists() or (home / "storage").exists()
+    assert probed["open_in_home"] == []
+
+
+def test_without_a_home_nothing_is_opened(tmp_path: Path) -> None:
+    """An ephemeral instance (no DAGSTER_HOME) is passed to each step by reference: the preload
+    must not create a home of its own."""
+    probed = _probe(None)
+    assert probed["storage_imported"] is False
+
+
+@pytest.mark.parametrize("config", ["run_storage: [not, a, mapping]\n", "storage: {nope: 1}\n"])
+def test_a_broken_instance_config_does_not_stop_the_forkserver(tmp_path: Path, config: str) -> None:
+    """The step processes open the instance themselves and report the error: the forkserver
+    must still start (an import error there would fail every step without a word of why)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(config)
+    probed = _probe(home)
+    assert probed["open_in_home"] == []
