@@ -20,8 +20,9 @@ is a child subreaper, so a forkserver orphaned by the run process is reaped here
 count too), and peak RSS of the tree (sampled from /proc every 0.2 s). The
 sandbox's own CPU is counted in none of them (it is the same external world for all); its peak
 RSS is printed at the end. Rows shipped per destination are read back from the CRM stand-ins and
-compared between runs of a pair. The last line is `ratio wall=X cpu=Y`: medians over the pairs
-of (job execute / bare).
+compared between runs of a pair. Each job execute run also prints where its time went, from its
+event log (`run_phases`). The last line is `ratio wall=X cpu=Y`: medians over the pairs of
+(job execute / bare).
 
 Not in the bare script: the guard checks and Dagster's quality gate (that is Dagster work), and
 `dagster job execute` posts no run summary (the daemon's summary sensor does, after the run).
@@ -60,6 +61,44 @@ class Figure:
     cpu: float
     peak_rss_mb: float
     shipped: dict[str, int]
+    phases: dict[str, float] | None = None
+
+
+PHASES = ("to run start", "forkserver", "step starts", "dbt step")
+
+
+def run_phases(home: Path, started: float) -> dict[str, float]:
+    """Where the newest run in `home` spent its time, from its event log: process start -> run
+    start (interpreter, imports, definitions), the first step process (the forkserver starting
+    and preloading), each later step process from launch to its step start (summed), the dbt
+    step itself."""
+    import dagster as dg
+
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            run = instance.get_runs(limit=1)[0]
+            records = instance.get_records_for_run(run.run_id, limit=100_000).records
+    finally:
+        if previous is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    times: dict[tuple[str, str], float] = {}
+    for record in records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is not None:
+            times.setdefault((event.event_type_value, event.step_key or ""), entry.timestamp)
+    launched = sorted((t, k) for (kind, k), t in times.items() if kind == "STEP_WORKER_STARTING")
+    first_step = launched[0][1]
+    return {
+        "to run start": times[("PIPELINE_START", "")] - started,
+        "forkserver": times[("STEP_WORKER_STARTED", first_step)] - launched[0][0],
+        "step starts": sum(times[("STEP_START", key)] - t for t, key in launched[1:]),
+        "dbt step": times[("STEP_SUCCESS", "dbt_build")] - times[("STEP_START", "dbt_build")],
+    }
 
 
 def _children() -> dict[int, list[int]]:
@@ -219,13 +258,19 @@ class Bench:
             http.post("/sandbox/reset").raise_for_status()
         self.runs += 1
         log = self.folder / f"run{self.runs:02d}-{name.replace(' ', '_')}.log"
+        started = time.time()
         wall, cpu, peak = measured(name, command, self.env, log, {self.sandbox.process.pid})  # type: ignore[attr-defined]
-        figure = Figure(name, wall, cpu, peak, self.shipped())
+        phases = None
+        if name == "job execute":
+            phases = run_phases(Path(self.env["DAGSTER_HOME"]), started)
+        figure = Figure(name, wall, cpu, peak, self.shipped(), phases)
         print(
             f"  {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  peak RSS {peak:7.0f} MB  "
             f"shipped {sum(figure.shipped.values())} rows",
             flush=True,
         )
+        if phases:
+            print("               " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
         return figure
 
 
@@ -300,6 +345,13 @@ def main() -> int:
                 f"median {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  "
                 f"peak RSS of the process tree {rss:6.0f} MB"
             )
+        print(
+            "median phases of job execute: "
+            + "  ".join(
+                f"{phase} {statistics.median(p['job execute'].phases[phase] for p in pairs):.2f} s"  # type: ignore[index]
+                for phase in PHASES
+            )
+        )
         print(f"sandbox RSS at the end ({args.rows} customers): {sandbox_peak:.0f} MB")
         print(f"shipped per destination (every run): {pairs[0]['bare'].shipped}")
 

@@ -11,6 +11,9 @@ finish, so no signal queues behind another). For each it prints:
   upstream run started -> first sync step starts (dbt build with its tests, the guard checks)
   trigger  first sync step starts -> first Hightouch run created (the gate, then the API call)
   total    accepted -> first Hightouch trigger (and -> last trigger, all destinations)
+  dbt      the dbt step itself, start to end (inside upstream): the work the signal makes
+           necessary, which the target leaves out
+  overhead total - dbt: what orchestration adds (target: <= 10 s)
 
 With `--burst M` it then sends M signals for the same source at once and prints how they were
 coalesced: runs launched, dbt builds, Hightouch syncs triggered, and the time from the first
@@ -84,10 +87,14 @@ def measure(stack: Stack, secret: str, index: int, source: str) -> dict:
         for s in run["stepStats"]
         if s["stepKey"].startswith(SYNC_STEP_PREFIX) and s["startTime"]
     ]
+    dbt_steps = [s for s in run["stepStats"] if s["stepKey"] == DBT_STEP and s["endTime"]]
     triggers = _hightouch_triggers(stack, accepted)
-    if not sync_starts or not triggers:
-        raise RuntimeError(f"run {run['runId']} started no sync or triggered no Hightouch run")
+    if not sync_starts or not triggers or not dbt_steps:
+        raise RuntimeError(
+            f"run {run['runId']} ran no dbt step, started no sync or triggered no Hightouch run"
+        )
     tags = {t["key"]: t["value"] for t in run["tags"]}
+    dbt = dbt_steps[0]["endTime"] - dbt_steps[0]["startTime"]
     return {
         "scope": tags.get(SCOPE_TAG, "?"),
         "pickup": run["creationTime"] - accepted,
@@ -96,6 +103,8 @@ def measure(stack: Stack, secret: str, index: int, source: str) -> dict:
         "trigger": triggers[0] - min(sync_starts),
         "total": triggers[0] - accepted,
         "last": triggers[-1] - accepted,
+        "dbt": dbt,
+        "overhead": triggers[0] - accepted - dbt,
     }
 
 
@@ -156,7 +165,7 @@ def main() -> int:
     secret = "bench-" + secrets.token_hex(16)
     os.environ["ACTIVATION_WEBHOOK_SECRET"] = secret
     os.environ.setdefault("HIGHTOUCH_API_TOKEN", "bench-" + secrets.token_hex(8))
-    columns = ("pickup", "launch", "upstream", "trigger", "total", "last")
+    columns = ("pickup", "launch", "upstream", "trigger", "total", "last", "dbt", "overhead")
     with tempfile.TemporaryDirectory() as folder:
         print(f"Starting sandbox ({args.rows} customers), intake and dagster dev ...", flush=True)
         with running_stack(Path(folder), "--phase-seconds", "0.05", "--rows", str(args.rows)) as s:
@@ -183,7 +192,8 @@ def main() -> int:
                 print(burst(s, secret, args.burst, args.source), flush=True)
     print(
         "pickup = sensor interval + daemon loop; launch = run worker start and code location "
-        "load; upstream = dbt build, tests and guards; trigger = gate and Hightouch API call."
+        "load; upstream = dbt build, tests and guards; trigger = gate and Hightouch API call; "
+        "dbt = the dbt step alone; overhead = total - dbt."
     )
     return 0
 
