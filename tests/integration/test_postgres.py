@@ -368,12 +368,63 @@ def test_deploy_template_builds_the_production_instance(
             {"key": "destination", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        # A queued run (a signal's sync) waits at most a second for the daemon.
+        assert instance.run_coordinator.dequeue_interval_seconds == 1  # type: ignore[attr-defined]
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_runtime_seconds == 7200
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
     finally:
         instance.dispose()
+
+
+FORKSERVER_PROBE = """
+import json, sys
+import activation.tooling.forkserver_preload  # noqa: F401  (what the forkserver imports)
+print(json.dumps({"postgres_storage": "dagster_postgres.run_storage.run_storage" in sys.modules}))
+sys.stdout.flush()
+sys.stdin.read()  # alive, as a forkserver is, until the test has looked at the server
+"""
+
+
+def test_the_forkserver_warm_up_leaves_no_postgres_connection_open(
+    postgres_home: dict[str, str], postgres_server: PostgresServer
+) -> None:
+    """The forkserver opens the instance once so step processes skip importing its storage
+    (activation/tooling/forkserver_preload.py). Every step process is forked from it: a
+    connection it kept would be shared by all of them."""
+    probe = subprocess.Popen(
+        [sys.executable, "-c", FORKSERVER_PROBE],
+        env={**os.environ, **postgres_home, "DO_NOT_TRACK": "1"},
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert probe.stdout is not None
+        imported = json.loads(probe.stdout.readline())
+        database = postgres_home["DAGSTER_PG_DB"]
+        connection = postgres_server.connect(database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                    "pg_backend_pid()",
+                    (database,),
+                )
+                others = cursor.fetchone()[0]
+                cursor.execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'"
+                )
+                runs_tables = cursor.fetchone()[0]
+        finally:
+            connection.close()
+    finally:
+        probe.communicate(timeout=CHILD_TIMEOUT_SECONDS)
+    assert imported["postgres_storage"] is True
+    assert runs_tables == 1  # the warm-up did open the instance (Dagster created its tables)
+    assert others == 0  # ... and closed every connection before any step is forked
 
 
 def test_runs_event_logs_and_sensor_cursors_survive_a_process_restart(
