@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from activation.core import ledger_signature as ledger
+from activation.core.event_log import records_after
 from activation.core.guards import record_synced_snapshot
 from activation.core.ledger_signature import LedgerSigner
 from activation.core.paging import GatePager, page_sync_failure, resolve_page, sync_failure_key
@@ -75,7 +76,6 @@ from activation.lib.hightouch import TERMINAL_FAILURE, HightouchClient, Hightouc
 from activation.lib.notify import NotificationError, SyncOutcome, sync_summary_message
 from activation.resources import PagerDutyResource, SlackWebhookResource
 
-_PAGE = 500
 # Metadata of a detached mark that is the record's own, not the materialization's to carry.
 _MARK_ONLY = frozenset(
     {TRIGGER_MARK, "dagster_run_family", "detached_at", "detached_because", "destination"}
@@ -172,16 +172,7 @@ def _marks(
     if newest is not None:
         records = list(instance.fetch_observations(key, limit=newest).records)[::-1]
     else:
-        while True:
-            page = instance.fetch_observations(
-                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after),
-                limit=_PAGE,
-                ascending=True,
-            )
-            records.extend(page.records)
-            if not page.has_more or not page.records:
-                break
-            after = page.records[-1].storage_id
+        records = list(records_after(instance.fetch_observations, key, after))
     marks: dict[str, InFlight] = {}
     reported: set[str] = set()
     for record in records:
@@ -224,26 +215,16 @@ def _materialized(trust: _Trust, records: Sequence[InFlight]) -> set[str]:
         ids.setdefault(record.key, set()).add(record.run_id)
         oldest[record.key] = min(oldest.get(record.key, record.storage_id), record.storage_id)
     for key, run_ids in ids.items():
-        after: int | None = oldest[key]
-        while True:
-            page = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=key, after_storage_id=after),
-                limit=_PAGE,
-                ascending=True,
-            )
-            for stored in page.records:
-                materialization = stored.asset_materialization
-                if materialization is None:
-                    continue
-                metadata = materialization.metadata
-                run_id = _text(metadata, "hightouch_run_id")
-                if run_id in run_ids and trust.counts(
-                    ledger.MATERIALIZATION, key, stored.run_id, metadata
-                ):
-                    found.add(run_id)
-            if not page.has_more or not page.records:
-                break
-            after = page.records[-1].storage_id
+        for stored in records_after(instance.fetch_materializations, key, oldest[key]):
+            materialization = stored.asset_materialization
+            if materialization is None:
+                continue
+            metadata = materialization.metadata
+            run_id = _text(metadata, "hightouch_run_id")
+            if run_id in run_ids and trust.counts(
+                ledger.MATERIALIZATION, key, stored.run_id, metadata
+            ):
+                found.add(run_id)
     return found
 
 

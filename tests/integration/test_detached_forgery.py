@@ -30,7 +30,7 @@ from activation.core.ledger_signature import (
     LedgerSigner,
 )
 from activation.core.verdicts import FAILED_ROWS_CHECK
-from activation.lib.destinations import Destination, load_destinations
+from activation.lib.destinations import Destination
 from activation.lib.environment import SANDBOX_HIGHTOUCH_PREFIX
 from activation.lib.hightouch import IN_FLIGHT
 from activation.lib.paths import DEFAULT_DESTINATIONS_FILE
@@ -39,6 +39,7 @@ from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult
 from tests.integration.test_detached import (
     Sensor,
+    _destination,
     detached_runs,
     failed_rows_evaluations,
     full_resync,
@@ -80,10 +81,6 @@ def sensor(
     follower = Sensor(definitions, instance)
     follower.drain()
     return follower
-
-
-def _destination(key: str) -> Destination:
-    return next(d for d in load_destinations() if d.key == key)
 
 
 def _snapshot(destination: Destination) -> tuple[int, str]:

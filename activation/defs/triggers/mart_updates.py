@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from activation.core.event_log import records_after
 from activation.core.gate import latest_materialization
 from activation.core.run_history import (
     InFlightRuns,
@@ -69,17 +70,7 @@ def _pending(
     instance: dg.DagsterInstance, mart: dg.AssetKey, after: int
 ) -> list[dg.EventLogRecord]:
     """Materializations of the mart newer than `after`, oldest first."""
-    records: list[dg.EventLogRecord] = []
-    while True:
-        page = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=mart, after_storage_id=after),
-            limit=PAGE,
-            ascending=True,
-        )
-        records.extend(page.records)
-        if not page.has_more or not page.records:
-            return records
-        after = page.records[-1].storage_id
+    return list(records_after(instance.fetch_materializations, mart, after, page=PAGE))
 
 
 def build_mart_update_sensor(
