@@ -10,20 +10,27 @@ resources bound once, and the quality gate computed once from the assembled grap
     defs/resync      full_resync (waves) and resync_destination
     defs/triggers    sensors that sync when upstream data lands
 
-Loaded lazily through `@dg.definitions`: importing this module does no dbt parse and no HTTP.
+Loaded lazily through `@dg.definitions`: importing this module does no dbt parse and no HTTP,
+and imports nothing Dagster has not (the modules that import dbt are imported by
+`build_definitions`), so that in a run worker the step forkserver starts before they load
+(activation/core/step_forkserver.py).
 """
 
 from pathlib import Path
 
 import dagster as dg
 
-from activation.core.executors import fan_out_executor
-from activation.core.gate import quality_gate_for
-from activation.lib.destinations import load_destinations
-from activation.resources import build_resources
+from activation.core.executors import selected_executor
+from activation.core.step_forkserver import executes_a_run, start_step_forkserver
 
 
 def build_definitions() -> dg.Definitions:
+    # Imported here, not at module level: see the module docstring.
+    from activation.core.executors import fan_out_executor
+    from activation.core.gate import quality_gate_for
+    from activation.lib.destinations import load_destinations
+    from activation.resources import build_resources
+
     # Resources first: a missing setting fails loading with every missing variable named.
     resources = build_resources()
     location = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
@@ -40,17 +47,19 @@ def build_definitions() -> dg.Definitions:
     )
 
 
-# Definitions built ahead by the process step processes fork from (see `prebuild`).
+# Definitions built ahead: by the process step processes fork from (see `prebuild`), or by a
+# process that executes a run, for every load Dagster makes in it.
 _prebuilt: dg.Definitions | None = None
 
 
 def prebuild() -> None:
     """Build the definitions, and their asset graph, once in the multiprocess executor's
     forkserver (activation/tooling/forkserver_preload.py), so every step process forked from it
-    finds them built instead of building them again (a second or more per step).
+    finds them built instead of building them again (a second or more per step); and once in a
+    process that executes a run, for the several loads Dagster makes there.
 
     The forkserver starts with the run and has the run worker's environment, which is what each
-    step would have read. A build that fails here leaves nothing prebuilt: each step then builds
+    step would have read. A build that fails here leaves nothing prebuilt: each load then builds
     and reports the error itself, as it always did.
     """
     global _prebuilt
@@ -64,4 +73,11 @@ def prebuild() -> None:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    if _prebuilt is None and executes_a_run():
+        # This process executes a run (activation/core/step_forkserver.py): start the forkserver
+        # its steps fork from now, so that it loads beside this process rather than after it,
+        # and build once for the several loads Dagster makes here.
+        if selected_executor() == "multiprocess":
+            start_step_forkserver()
+        prebuild()
     return _prebuilt if _prebuilt is not None else build_definitions()

@@ -30,6 +30,7 @@ from pydantic import Field
 from activation.core.contract import contract_check_spec, sync_column_metadata
 from activation.core.dbt_project import dbt_project
 from activation.core.gate import gate_check_spec
+from activation.core.step_forkserver import STEP_PRELOAD_MODULES
 from activation.core.sync_path import SyncOptions, sync_destination
 from activation.core.verdicts import PreSyncVerdict, SyncHeldBack, failed_rows_check_spec
 from activation.lib.destinations import (
@@ -58,18 +59,7 @@ ACTIVATE_GROUP = "activate"
 PARALLEL_SYNCS = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 16,
-        "start_method": {
-            "forkserver": {
-                "preload_modules": [
-                    "activation.definitions",
-                    "activation.defs.ingest.airbyte",
-                    "activation.defs.transform.dbt",
-                    "activation.components.hightouch_syncs",
-                    # last: builds the definitions once for every step of the run
-                    "activation.tooling.forkserver_preload",
-                ]
-            }
-        },
+        "start_method": {"forkserver": {"preload_modules": list(STEP_PRELOAD_MODULES)}},
     }
 )
 

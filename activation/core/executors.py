@@ -13,6 +13,9 @@ only carries each step to a worker. The broker URL may hold a password, so it is
 into the executor's config: the config names the variable (`{"env": ...}`) and Dagster reads it
 in the run worker when the run starts, so it is in no run record, tag or log.
 
+This module imports nothing heavy (`fan_out_executor` imports the executors when called): the
+code location reads the choice before it imports dbt (activation/core/step_forkserver.py).
+
 Workers must run with the same Celery settings (`celery_worker_config`): the ones below change
 what a worker does when the process running a step dies, and only the worker can apply them.
 """
@@ -20,12 +23,12 @@ what a worker does when the process running a step dies, and only the worker can
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-
-from activation.components.hightouch_syncs import PARALLEL_SYNCS
 from activation.lib.environment import MissingSettingError
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 EXECUTOR_VARIABLE = "ACTIVATION_EXECUTOR"
 BROKER_VARIABLE = "ACTIVATION_CELERY_BROKER_URL"
@@ -100,4 +103,6 @@ def fan_out_executor() -> dg.ExecutorDefinition:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(celery_executor_config(), name="celery_syncs")
+    from activation.components.hightouch_syncs import PARALLEL_SYNCS
+
     return PARALLEL_SYNCS

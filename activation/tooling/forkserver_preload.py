@@ -9,6 +9,9 @@ again (and on two cores, six guard steps launched together would otherwise queue
 - Dagster's instance storage modules (`warm_instance_storage`): the first instance a process
   opens imports SQLAlchemy, Alembic and the storage classes, half a second per step process.
 
+It also marks itself (`mark_step_forkserver`): a step process forked from it is a `multiprocessing`
+child, but no run worker (activation.core.step_forkserver.py).
+
 Either may fail here (an unset DAGSTER_HOME, a database that is down): the failure is swallowed
 and each step does the work itself and reports any error, as it would without this module.
 Nothing else imports this module.
@@ -18,6 +21,7 @@ import os
 
 import dagster as dg
 
+from activation.core.step_forkserver import mark_step_forkserver
 from activation.definitions import prebuild
 
 
@@ -33,5 +37,6 @@ def warm_instance_storage() -> None:
         return
 
 
+mark_step_forkserver()
 prebuild()
 warm_instance_storage()

@@ -1,0 +1,75 @@
+"""The forkserver a run's step processes fork from: what it preloads, and which process starts
+it early. Recognising the process that executes a run lets the code location do two things there
+and nowhere else (`activation/definitions.py`):
+
+- **Build its definitions once.** Dagster reconstructs the code location several times in the
+  process that executes a run: five calls of the definitions function under `dagster job
+  execute`, half a second each on two cores. A run's definitions cannot change under it, so the
+  first build serves the others.
+- **Start the step processes' forkserver before the definitions load.** The multiprocess
+  executor starts it only when the first step launches, after the run worker has loaded; it then
+  imports and builds the code location itself (3 s on two cores) while the run waits. Started
+  first, it loads beside the run worker instead of after it. (`activation/definitions.py` imports
+  nothing heavy at module level so that this comes before dbt and the code location's modules
+  are imported.)
+
+A code server, the webserver, the daemon and tests are not such a process: there every load
+builds afresh (a reload must see new files) and no forkserver starts.
+
+How a run-executing process is recognised (public facts only, no Dagster internals):
+- the default run launcher's run worker is a `multiprocessing` child of the code server (its
+  gRPC `start_run` spawns it);
+- the run worker of the Docker and Kubernetes run launchers runs `dagster api execute_run`;
+- `dagster job execute` executes the run in the CLI's own process.
+A step process of the run is a `multiprocessing` child too, but it forks from a forkserver that
+marked itself (`mark_step_forkserver`), so it is not taken for a run worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import sys
+from collections.abc import Sequence
+
+# Set in a step forkserver, and so in every step process forked from it (a fork inherits memory).
+_in_step_forkserver = False
+RUN_COMMANDS = (("api", "execute_run"), ("job", "execute"))
+
+# What the forkserver imports before forking any step (the multiprocess executor's
+# `preload_modules`, activation/components/hightouch_syncs.py).
+STEP_PRELOAD_MODULES = (
+    "activation.definitions",
+    "activation.defs.ingest.airbyte",
+    "activation.defs.transform.dbt",
+    "activation.components.hightouch_syncs",
+    # last: marks the forkserver, builds the definitions once for every step of the run
+    "activation.tooling.forkserver_preload",
+)
+
+
+def executes_a_run() -> bool:
+    """Whether this process executes a Dagster run itself (its orchestration, not one step)."""
+    if _in_step_forkserver:
+        return False
+    if tuple(sys.argv[1:3]) in RUN_COMMANDS:
+        return True
+    return multiprocessing.parent_process() is not None
+
+
+def mark_step_forkserver() -> None:
+    """Called in a step forkserver: it and every step process forked from it are no run worker."""
+    global _in_step_forkserver
+    _in_step_forkserver = True
+
+
+def start_step_forkserver(preload_modules: Sequence[str] = STEP_PRELOAD_MODULES) -> None:
+    """Start `multiprocessing`'s forkserver now, preloading `preload_modules` (the ones the
+    multiprocess executor's config names). The executor finds it running when it launches the
+    first step and forks every step from it: `multiprocessing` keeps one forkserver per process.
+
+    It starts in the background (this returns at once) with this process's environment, which is
+    what the executor would have started it with. It exits when this process does. A second call
+    finds it running and does nothing."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload_modules))
+    multiprocessing.forkserver.ensure_running()
