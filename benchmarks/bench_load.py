@@ -10,10 +10,13 @@ would), starts a sandbox and stores its Airbyte listing (`activation refresh`), 
 sandbox (loading calls no service), and loads the code location in a fresh Python process per
 repeat, reporting the median:
 
-- import: `import activation.definitions` (dagster, dagster-dbt, dagster-airbyte, our modules);
+- import: `import activation.definitions` (Dagster and the light modules only: the module
+  imports nothing heavy, so a run worker starts the step forkserver first; see
+  activation/core/step_forkserver.py);
 - build: `build_definitions()` plus resolving the repository (the asset graph, jobs, checks),
-  which is what a code server does before it answers; includes reading the manifest and the
-  stored Airbyte listing;
+  which is what a code server does before it answers; includes importing dagster-dbt (and
+  dbt-core), dagster-airbyte and the concerns' modules, reading the manifest and the stored
+  Airbyte listing;
 - process: the whole child process, interpreter start and exit included.
 
 The generated project keeps the demo's sources, staging models and five marts (so every module
