@@ -21,6 +21,11 @@ How a run-executing process is recognised (public facts only, no Dagster interna
   gRPC `start_run` spawns it);
 - the run worker of the Docker and Kubernetes run launchers runs `dagster api execute_run`;
 - `dagster job execute` executes the run in the CLI's own process.
+Which job the run is for is not known while the definitions load, so the run worker of a job on
+the in-process executor (`resync_destination`) starts a forkserver too and leaves it unused: a
+few seconds of CPU beside the run, and the forkserver's memory until the run ends. With
+ACTIVATION_EXECUTOR=celery no forkserver starts (the steps run on Celery workers).
+
 A step process of the run is a `multiprocessing` child too, but it forks from a forkserver that
 marked itself (`mark_step_forkserver`), so it is not taken for a run worker.
 """
