@@ -35,7 +35,6 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 import sys
-from collections.abc import Sequence
 
 # Set in a step forkserver, and so in every step process forked from it (a fork inherits memory).
 _in_step_forkserver = False
@@ -68,13 +67,13 @@ def mark_step_forkserver() -> None:
     _in_step_forkserver = True
 
 
-def start_step_forkserver(preload_modules: Sequence[str] = STEP_PRELOAD_MODULES) -> None:
-    """Start `multiprocessing`'s forkserver now, preloading `preload_modules` (the ones the
-    multiprocess executor's config names). The executor finds it running when it launches the
+def start_step_forkserver() -> None:
+    """Start `multiprocessing`'s forkserver now, preloading `STEP_PRELOAD_MODULES` (the modules
+    the multiprocess executor's config names). The executor finds it running when it launches the
     first step and forks every step from it: `multiprocessing` keeps one forkserver per process.
 
     It starts in the background (this returns at once) with this process's environment, which is
     what the executor would have started it with. It exits when this process does. A second call
     finds it running and does nothing."""
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload_modules))
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(STEP_PRELOAD_MODULES))
     multiprocessing.forkserver.ensure_running()

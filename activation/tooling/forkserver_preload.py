@@ -10,11 +10,11 @@ again (and on two cores, six guard steps launched together would otherwise queue
   opens imports SQLAlchemy, Alembic and the storage classes, half a second per step process.
 
 It also marks itself (`mark_step_forkserver`): a step process forked from it is a `multiprocessing`
-child, but no run worker (activation.core.step_forkserver.py).
+child, but no run worker (activation/core/step_forkserver.py).
 
 Either may fail here (an unset DAGSTER_HOME, a database that is down): the failure is swallowed
 and each step does the work itself and reports any error, as it would without this module.
-Nothing else imports this module.
+Nothing else in the product imports this module (tests do, to probe it).
 """
 
 import os
