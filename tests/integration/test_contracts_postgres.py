@@ -22,27 +22,17 @@ import dagster as dg
 import pytest
 
 from activation.lib.destinations import load_destinations
-from activation.lib.paths import PROJECT_ROOT
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import sandbox_environment
+from tests.support.child_process import last_json, run_python
 from tests.support.contract_support import BRAZE, CONTACTS, RENAMED, RETYPED
 from tests.support.postgres_server import PostgresServer
 
 TOKEN = "pg-contract-token-5b2e91"
-CHILD_TIMEOUT_SECONDS = 600
 
 
 def _child(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "DO_NOT_TRACK": "1"},
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_SECONDS,
-    )
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-4000:]}{result.stderr[-8000:]}"
-    return result
+    return run_python(*args, env={**os.environ, "DO_NOT_TRACK": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +59,7 @@ def pg_sandbox(
 @pytest.fixture(scope="module")
 def scenario(pg_sandbox: SandboxProcess) -> dict[str, Any]:
     result = _child("-m", "tests.integration.test_contracts_postgres", "scenario")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json(result)
 
 
 def test_the_contract_holds_on_postgres_and_records_the_warehouse_types(

@@ -45,6 +45,7 @@ from activation.sandbox.warehouse import (
 )
 from activation.tooling.demo import run_chain, sandbox_environment
 from tests.support import postgres_server as postgres_server_module
+from tests.support.child_process import CHILD_TIMEOUT_SECONDS, last_json, run_python
 from tests.support.postgres_server import (
     PostgresServer,
     PostgresUnavailableError,
@@ -54,25 +55,11 @@ from tests.support.postgres_server import (
 TOKEN = "pg-chain-token-8c41d0e7"
 ROWS = 300
 DAGSTER_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
-CHILD_TIMEOUT_SECONDS = 600
 
 
 def _child(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m tests.integration.test_postgres ARGS` (or another module) from the root."""
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_SECONDS,
-    )
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-4000:]}{result.stderr[-8000:]}"
-    return result
-
-
-def _last_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_python(*args, env={**os.environ, **(env or {})})
 
 
 # -- the sandbox's PostgreSQL warehouse ---------------------------------------------------------
@@ -172,7 +159,7 @@ def pg_sandbox(
 
 def _chain() -> dict[str, Any]:
     """One `activate` run in a child process; the sandbox fixture's environment selects it all."""
-    return _last_json(_child("-m", "tests.integration.test_postgres", "chain"))
+    return last_json(_child("-m", "tests.integration.test_postgres", "chain"))
 
 
 def _query(server: PostgresServer, database: str, statement: str) -> list[tuple]:
@@ -434,7 +421,7 @@ def test_runs_event_logs_and_sensor_cursors_survive_a_process_restart(
     defs_file.write_text(STORAGE_DEFS)
     env = postgres_home
     # Process 1: a run executed in process (run + event log).
-    written = _last_json(
+    written = last_json(
         _child("-m", "tests.integration.test_postgres", "storage-write", str(defs_file), env=env)
     )
     # Processes 2-4, through Dagster's own CLI: a sensor cursor, a queued run, a pool limit.
@@ -448,7 +435,7 @@ def test_runs_event_logs_and_sensor_cursors_survive_a_process_restart(
                "hightouch_salesforce_accounts", "1", env=env),
     ]  # fmt: skip
     # Process 5, started after every writer has exited: everything is still there.
-    read = _last_json(_child("-m", "tests.integration.test_postgres", "storage-read", env=env))
+    read = last_json(_child("-m", "tests.integration.test_postgres", "storage-read", env=env))
 
     runs = {run["run_id"]: run for run in read["runs"]}
     executed = runs[written["run_id"]]

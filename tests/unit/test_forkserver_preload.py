@@ -9,15 +9,12 @@ as the forkserver is one.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from activation.lib.paths import PROJECT_ROOT
+from tests.support.child_process import last_json, run_python
 
 PROBE = r"""
 import json, os, sys
@@ -44,16 +41,7 @@ def _probe(env_home: Path | None) -> dict[str, object]:
     if env_home is not None:
         env["DAGSTER_HOME"] = str(env_home)
     env["DO_NOT_TRACK"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json(run_python("-c", PROBE, env=env, timeout=300))
 
 
 def test_storage_modules_are_imported_and_nothing_stays_open(tmp_path: Path) -> None:

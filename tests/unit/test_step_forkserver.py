@@ -10,16 +10,14 @@ where they are: the child processes of the probed process, read from /proc.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from activation.lib.paths import PROJECT_ROOT
+from tests.support.child_process import last_json, run_python
 from tests.unit.conftest import LISTING, NOWHERE
 
 PROBE = r'''
@@ -102,16 +100,7 @@ def probe_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _probe(tmp_path: Path, env: dict[str, str], mode: str) -> dict[str, object]:
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    done = subprocess.run(
-        [sys.executable, str(script), mode],
-        env={**env, "PYTHONPATH": str(PROJECT_ROOT)},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json(run_python(str(script), mode, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}))
 
 
 def test_a_code_server_builds_at_every_load_and_starts_no_forkserver(
