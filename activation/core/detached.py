@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from activation.core import ledger_signature as ledger
-from activation.core.event_log import records_after
+from activation.core.event_log import metadata_text, records_after
 from activation.core.guards import record_synced_snapshot
 from activation.core.ledger_signature import LedgerSigner
 from activation.core.paging import GatePager, page_sync_failure, resolve_page, sync_failure_key
@@ -129,11 +129,6 @@ class FollowResult:
     requests: int = 0
 
 
-def _text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
-    found = metadata.get(name)
-    return str(found.value) if found is not None and found.value is not None else ""
-
-
 @dataclass
 class _Trust:
     """What one pass believes of the event log (see the module docstring): detached marks
@@ -177,11 +172,11 @@ def _marks(
     reported: set[str] = set()
     for record in records:
         observation = record.event_log_entry.asset_observation
-        kind = _text(observation.metadata, TRIGGER_MARK) if observation else ""
+        kind = metadata_text(observation.metadata, TRIGGER_MARK) if observation else ""
         if observation is None or kind not in (DETACHED, REPORTED):
             continue
         metadata = observation.metadata
-        run_id = _text(metadata, "hightouch_run_id")
+        run_id = metadata_text(metadata, "hightouch_run_id")
         if kind == REPORTED:
             if trust.counts(ledger.REPORTED, key, record.run_id, metadata):
                 reported.add(run_id)
@@ -194,10 +189,10 @@ def _marks(
         marks[run_id] = InFlight(
             destination=destination,
             storage_id=record.storage_id,
-            sync_id=_text(metadata, "hightouch_sync_id"),
+            sync_id=metadata_text(metadata, "hightouch_sync_id"),
             run_id=run_id,
-            run_family=_text(metadata, "dagster_run_family"),
-            dagster_run_id=_text(metadata, "dagster_run_id"),
+            run_family=metadata_text(metadata, "dagster_run_family"),
+            dagster_run_id=metadata_text(metadata, "dagster_run_id"),
             carried={k: v for k, v in metadata.items() if k not in _MARK_ONLY},
         )
     newest_read = records[-1].storage_id if records else after
@@ -220,7 +215,7 @@ def _materialized(trust: _Trust, records: Sequence[InFlight]) -> set[str]:
             if materialization is None:
                 continue
             metadata = materialization.metadata
-            run_id = _text(metadata, "hightouch_run_id")
+            run_id = metadata_text(metadata, "hightouch_run_id")
             if run_id in run_ids and trust.counts(
                 ledger.MATERIALIZATION, key, stored.run_id, metadata
             ):
@@ -246,7 +241,7 @@ def _judged(
         if evaluation is not None and trust.counts(
             ledger.FAILED_ROWS, key, entry.run_id, evaluation.metadata
         ):
-            found.add(_text(evaluation.metadata, "hightouch_run_id"))
+            found.add(metadata_text(evaluation.metadata, "hightouch_run_id"))
     return found
 
 
@@ -269,7 +264,7 @@ def _runless_judged(trust: _Trust) -> dict[dg.AssetKey, set[str]]:
             and evaluation.check_name == FAILED_ROWS_CHECK
             and trust.signer.verifies(ledger.FAILED_ROWS, evaluation.asset_key, evaluation.metadata)
         ):
-            run_id = _text(evaluation.metadata, "hightouch_run_id")
+            run_id = metadata_text(evaluation.metadata, "hightouch_run_id")
             found.setdefault(evaluation.asset_key, set()).add(run_id)
     return found
 

@@ -1,10 +1,18 @@
-"""Reading an asset's events from Dagster's event log, oldest first, a page at a time."""
+"""Reading events back from Dagster's event log: an asset's records oldest first, a page at a time,
+and the text of their metadata."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
 
 PAGE = 500
+
+
+def metadata_text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
+    """The text of a stored event's metadata entry `name` ("" when absent or empty)."""
+    found = metadata.get(name)
+    return str(found.value) if found is not None and found.value is not None else ""
+
 
 Fetch = Callable[..., dg.EventRecordsResult]
 """`DagsterInstance.fetch_materializations` or `DagsterInstance.fetch_observations`."""

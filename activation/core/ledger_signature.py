@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from activation.core.event_log import metadata_text
+
 SIGNATURE = "activation_signature"
 _KEY_LABEL = b"activation-detached-ledger-v1"
 
@@ -26,11 +28,6 @@ _KEY_LABEL = b"activation-detached-ledger-v1"
 MATERIALIZATION = "materialization"
 FAILED_ROWS = "failed_rows"
 REPORTED = "reported"
-
-
-def _text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
-    found = metadata.get(name)
-    return str(found.value) if found is not None and found.value is not None else ""
 
 
 class LedgerSigner:
@@ -52,8 +49,8 @@ class LedgerSigner:
         fields = [
             kind,
             key.to_user_string(),
-            _text(metadata, "hightouch_run_id"),
-            _text(metadata, "dagster_run_id"),
+            metadata_text(metadata, "hightouch_run_id"),
+            metadata_text(metadata, "dagster_run_id"),
         ]
         message = _KEY_LABEL + b"\n" + json.dumps(fields).encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
@@ -70,4 +67,4 @@ class LedgerSigner:
     ) -> bool:
         """The event's metadata carries this signer's signature of it."""
         expected = self._signature(kind, key, metadata)
-        return hmac.compare_digest(_text(metadata, SIGNATURE).encode(), expected.encode())
+        return hmac.compare_digest(metadata_text(metadata, SIGNATURE).encode(), expected.encode())

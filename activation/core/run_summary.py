@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from activation.core.contract import CONTRACT_CHECK
+from activation.core.event_log import metadata_text
 from activation.core.gate import gate_refusals, verdict_of
 from activation.core.paging import (
     PagerDutyResource,
@@ -100,11 +101,6 @@ def _sync_key_of(asset_key: dg.AssetKey | None, by_key: Mapping[str, Destination
     return None
 
 
-def _text(metadata: Mapping[str, dg.MetadataValue], name: str) -> str:
-    found = metadata.get(name)
-    return str(found.value) if found is not None else ""
-
-
 def summarize_run(
     instance: dg.DagsterInstance,
     run_id: str,
@@ -148,18 +144,21 @@ def summarize_run(
                 and evaluation.check_name != FAILED_ROWS_CHECK  # judged after a sync, not before
             ):
                 # A pre-sync check refused: the sync was held back, nothing was sent.
-                names = _text(evaluation.metadata, BLOCKED_BY) or evaluation.check_name
+                names = metadata_text(evaluation.metadata, BLOCKED_BY) or evaluation.check_name
                 failed[key] = SyncOutcome(
                     key, f"blocked by {names}", None, None, detail=evaluation.description or ""
                 )
         observation = entry.asset_observation
-        if observation is not None and _text(observation.metadata, _TRIGGER_MARK) == "detached":
+        if (
+            observation is not None
+            and metadata_text(observation.metadata, _TRIGGER_MARK) == "detached"
+        ):
             key = _sync_key_of(observation.asset_key, by_key)
             if key:
                 in_flight[key] = SyncOutcome(
                     key,
                     IN_FLIGHT_STATUS,
-                    _text(observation.metadata, "hightouch_run_id") or None,
+                    metadata_text(observation.metadata, "hightouch_run_id") or None,
                     None,
                     detail="detached: detached_sync_sensor reports it when the run ends",
                 )
@@ -182,7 +181,7 @@ def summarize_run(
                 if data.user_failure_data and data.user_failure_data.description
                 else (data.error.message.strip() if data.error else "step failed")
             )
-            blocked = _text(meta, BLOCKED_BY)
+            blocked = metadata_text(meta, BLOCKED_BY)
             failed[key] = outcome_from_metadata(
                 key,
                 meta,
