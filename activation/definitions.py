@@ -21,7 +21,11 @@ from pathlib import Path
 import dagster as dg
 
 from activation.core.executors import selected_executor
-from activation.core.step_forkserver import executes_a_run, start_step_forkserver
+from activation.core.step_forkserver import (
+    executes_a_run,
+    freeze_loaded_heap,
+    start_step_forkserver,
+)
 
 
 def build_definitions() -> dg.Definitions:
@@ -76,8 +80,10 @@ def defs() -> dg.Definitions:
     if _prebuilt is None and executes_a_run():
         # This process executes a run (activation/core/step_forkserver.py): start the forkserver
         # its steps fork from now, so that it loads beside this process rather than after it,
-        # and build once for the several loads Dagster makes here.
+        # and build once for the several loads Dagster makes here; what is loaded stays to the
+        # end of the run, so the garbage collector is told to leave it alone.
         if selected_executor() == "multiprocess":
             start_step_forkserver()
         prebuild()
+        freeze_loaded_heap()
     return _prebuilt if _prebuilt is not None else build_definitions()

@@ -21,7 +21,7 @@ from tests.support.child_process import last_json, run_python
 from tests.unit.conftest import LISTING, NOWHERE
 
 PROBE = r'''
-import json, multiprocessing, os, sys
+import gc, json, multiprocessing, os, sys
 
 
 def forkservers():
@@ -63,6 +63,7 @@ def probe(results):
         "heavy_imported_before_load": heavy,
         "same_definitions": first is second,
         "forkservers": len(servers),
+        "frozen_objects": gc.get_freeze_count(),
         "step_exit": step_exit,
         "sync_jobs": sorted(j.name for j in first.resolve_all_job_defs() if j.name == "activate"),
     })
@@ -109,6 +110,8 @@ def test_a_code_server_builds_at_every_load_and_starts_no_forkserver(
     probed = _probe(tmp_path, probe_env, "plain")
     assert probed["same_definitions"] is False  # a reload sees changed files and settings
     assert probed["forkservers"] == 0
+    # Nothing is exempted from garbage collection where definitions are rebuilt at every load.
+    assert probed["frozen_objects"] == 0
     assert probed["sync_jobs"] == ["activate"]
 
 
@@ -122,6 +125,9 @@ def test_a_run_worker_starts_the_forkserver_first_and_builds_once(
     assert probed["heavy_imported_before_load"] == []
     assert probed["forkservers"] == 1
     assert probed["same_definitions"] is True
+    # What it loaded stays to the end of the run: frozen, the collector leaves it alone (and
+    # interpreter exit does not collect it).
+    assert probed["frozen_objects"] > 100_000
     # A step forks from that forkserver (the executor found it running), and does not take
     # itself for a run worker: it starts no forkserver of its own.
     assert probed["step_exit"] == 0
