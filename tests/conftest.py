@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,19 @@ from tests.support.postgres_server import (  # noqa: E402
 )
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# A suite started in the background by a non-interactive shell (`make test &`, `nohup`) inherits
+# SIGINT ignored. After each run on the main thread Dagster points SIGTERM at SIGINT's handler
+# (its `setup_interrupt_handlers`), so SIGTERM becomes ignored as well, and so it is in every
+# process started afterwards. The `tail` processes that capture the logs of a run executed on
+# another thread then outlive the SIGTERM that should end them, and the run's teardown waits out
+# two 30 s timeouts (it failed test_sensors' in-flight sync in a CI run). Python's default SIGINT
+# handler, which a suite started in the foreground has, is reset by exec in child processes.
+if (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
