@@ -12,16 +12,18 @@ The same test file walks activation/ and fails when another module imports `dags
 integrations 0.29: the names Dagster documents and keeps stable across minor releases.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
 from dagster_airbyte.translator import AirbyteJob, AirbyteMetadataSet, AirbyteWorkspaceData
+from dagster_dbt import DbtCliResource
 
 __all__ = [
     "CheckEntry",
+    "DbtCliResourceWithoutAdapter",
     "check_history",
     "events_of_run",
     "run_location",
@@ -151,3 +153,24 @@ def airbyte_sync_and_poll(workspace: AirbyteWorkspace, connection_id: str) -> di
     `AirbyteWorkspace.sync_and_poll(context)` syncs the connection of the step's assets and
     yields their results but hides the job id, which the ingest step records on every stream."""
     return dict(workspace.get_client().sync_and_poll(connection_id=connection_id).job_details)
+
+
+# -- dagster-dbt -----------------------------------------------------------------------------------
+
+
+class DbtCliResourceWithoutAdapter(DbtCliResource):
+    """`DbtCliResource` without the dbt adapter it builds in the step's own process before every
+    dbt command.
+
+    dagster-dbt 0.29 builds that adapter (`_initialize_dbt_core_adapter`, not public: loading the
+    profile and project, then parsing dbt's 500-odd macros with Jinja) only so that
+    `DbtEventIterator.fetch_column_metadata` and `fetch_row_counts` can query the warehouse from
+    the step. This product calls neither (activation/defs/transform/dbt.py says why), and the
+    build costs about 1.3 s of wall and CPU on every dbt step, on the path from a signal to its
+    first trigger; dbt itself, in its own process, builds its own adapter as before. No public
+    option turns it off. The invocation's `adapter` is None, which dagster-dbt already accepts:
+    it is what it passes when the build fails, and for the Fusion engine.
+    """
+
+    def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:  # type: ignore[override]
+        return None

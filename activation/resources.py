@@ -15,10 +15,10 @@ from typing import ClassVar
 
 import dagster as dg
 from dagster_airbyte import AirbyteWorkspace
-from dagster_dbt import DbtCliResource
 from pydantic import Field
 
 from activation.core.dbt_project import dbt_project
+from activation.dagster_api import DbtCliResourceWithoutAdapter
 from activation.lib.destinations import load_destinations
 from activation.lib.environment import resolve_endpoints, sandbox_url
 from activation.lib.hightouch import HightouchClient
@@ -167,16 +167,20 @@ def pagerduty_events_url() -> str:
     return os.environ.get(PAGERDUTY_EVENTS_URL_VAR, "").strip() or PAGERDUTY_EVENTS_URL
 
 
-def build_dbt_resource() -> DbtCliResource:
+def build_dbt_resource() -> DbtCliResourceWithoutAdapter:
     # The dbt installed beside this interpreter, so a run works whether or not the virtualenv's
     # bin folder is on PATH (pytest, the daemon and `dagster dev` are not always started from it).
     # Through `activation-dbt` when installed: it answers dagster-dbt's `dbt --version`, asked
     # before every dbt command, without starting dbt (activation/tooling/dbt_executable.py).
+    # Without the dbt adapter dagster-dbt would build in the step's process before each command,
+    # for warehouse queries this product never makes (activation/dagster_api.py).
     bin_folder = Path(sys.executable).parent
     launcher, beside_python = bin_folder / "activation-dbt", bin_folder / "dbt"
     executable = next((str(p) for p in (launcher, beside_python) if p.exists()), "dbt")
-    return DbtCliResource(
-        project_dir=dbt_project,
+    return DbtCliResourceWithoutAdapter(
+        # DbtCliResource's own __init__ takes a DbtProject; mypy reads a subclass's signature
+        # from its (str) config fields instead.
+        project_dir=dbt_project,  # type: ignore[arg-type]
         target=dbt_project.target,
         dbt_executable=executable,
         # Plain text: dbt's colour codes would reach the Dagster event log (a failed build's

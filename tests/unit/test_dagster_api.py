@@ -12,8 +12,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster_dbt import DbtCliResource
 
+from activation.core.dbt_project import dbt_project
 from activation.dagster_api import CheckEntry, check_history, events_of_run, run_location, tag_run
+from activation.resources import build_dbt_resource
 
 MART = dg.AssetKey(["unit", "mart"])
 UNIQUE = "unique_id"
@@ -201,6 +204,28 @@ def test_events_of_run_unfiltered_is_the_whole_log_oldest_first(
     assert failures[0].step_failure_data.error is not None
 
 
+# -- DbtCliResourceWithoutAdapter ------------------------------------------------------------------
+
+
+def test_the_dbt_resource_runs_dbt_without_the_adapter_dagster_dbt_builds(tmp_path: Path) -> None:
+    """A real `dbt parse` through each resource: dagster-dbt's own builds an adapter in this
+    process (what the override removes: if dagster-dbt renames the method, ours builds one too
+    and this fails), the product's builds none, and dbt itself works the same."""
+    ours = build_dbt_resource()
+    plain = DbtCliResource(
+        project_dir=dbt_project,
+        target=dbt_project.target,
+        dbt_executable=ours.dbt_executable,
+        global_config_flags=ours.global_config_flags,
+    )
+    with_adapter = plain.cli(["parse"], target_path=tmp_path / "plain").wait()
+    without = ours.cli(["parse"], target_path=tmp_path / "ours").wait()
+    assert with_adapter.adapter is not None
+    assert without.adapter is None
+    assert with_adapter.is_successful() and without.is_successful()
+    assert (tmp_path / "ours" / "manifest.json").exists()
+
+
 # -- no other module reaches non-public Dagster API ------------------------------------------------
 
 ACTIVATION = Path(__file__).resolve().parents[2] / "activation"
@@ -218,6 +243,8 @@ WRAPPED_NAMES = frozenset(
         "fetch_airbyte_workspace_data",
     }
 )
+# Non-public methods of Dagster classes that the adapter overrides in a subclass.
+OVERRIDDEN_NAMES = frozenset({"_initialize_dbt_core_adapter"})
 INTEGRATIONS = ("dagster_dbt", "dagster_airbyte")
 
 
@@ -245,6 +272,8 @@ def non_public_uses(tree: ast.AST) -> list[tuple[int, str]]:
                 ]
         elif isinstance(node, ast.Attribute) and node.attr in WRAPPED_NAMES:
             found.append((node.lineno, f".{node.attr}"))
+        elif isinstance(node, ast.FunctionDef) and node.name in OVERRIDDEN_NAMES:
+            found.append((node.lineno, f"def {node.name}"))
     return found
 
 
@@ -287,6 +316,9 @@ instance.all_logs(run_id)
 instance.add_run_tags(run_id, {})
 instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
 run.remote_job_origin
+class Quiet(DbtCliResource):
+    def _initialize_dbt_core_adapter(self, args):
+        return None
 """
     found = [what for _, what in non_public_uses(ast.parse(source))]
     assert sorted(found) == sorted(
@@ -302,6 +334,7 @@ run.remote_job_origin
             ".event_log_storage",
             ".get_asset_check_execution_history",
             ".remote_job_origin",
+            "def _initialize_dbt_core_adapter",
         ]
     )
 
@@ -310,3 +343,4 @@ def test_the_adapter_itself_holds_every_wrapped_call() -> None:
     """The wrapped names appear in the adapter: the guard above is not guarding nothing."""
     used = {what for _, what in non_public_uses(ast.parse((ACTIVATION / ADAPTER).read_text()))}
     assert {f".{name}" for name in WRAPPED_NAMES} <= used
+    assert {f"def {name}" for name in OVERRIDDEN_NAMES} <= used
