@@ -61,9 +61,11 @@ class HightouchResource(dg.ConfigurableResource):
 
     max_requests_per_second: float = Field(
         default=0.0,
-        description="Request budget of one sync step (0: no limit). The code location sets it "
-        "to the workspace limit (200 requests per 10 s) divided by the number of destinations: "
-        "pools let at most one sync per destination run at once, so all together stay under it.",
+        description="Request budget of one sync step (0: no limit), counted as Hightouch counts "
+        "it, per 10 s window; a tenth of a window's share may go at once (a step's first "
+        "requests do not wait). The code location sets it to the workspace limit (200 requests "
+        "per 10 s) divided by the number of destinations: pools let at most one sync per "
+        "destination run at once, so all together stay under it.",
     )
 
     def get_client(self, requests_per_second: float | None = None) -> HightouchClient:

@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -308,6 +308,56 @@ def retry_delay(attempt: int, response: httpx.Response | None, *, base: float, c
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
+# Hightouch answers 429 past 200 requests per 10 s per workspace: budgets are counted per window.
+RATE_LIMIT_WINDOW_SECONDS = 10.0
+# Share of a client's window budget it may spend at once: a sync step's first requests (the
+# contract's read of the sync, the run history, the trigger) then go without waiting.
+BURST_SHARE = 0.1
+
+
+@dataclass
+class RequestBudget:
+    """At most `per_window` requests in any `window` seconds (one more at the window's edges, as
+    with plain spacing), up to `burst` of them at once: the generic cell rate algorithm, a token
+    bucket holding `burst` tokens that refills at (per_window + 1 - burst) / window per second, so
+    a full burst and a window's refill add up to the window's share and no more.
+
+    Hightouch counts requests per window, not their spacing: a step that spends its burst first
+    and then polls keeps to the same limit as one that spaces every request evenly."""
+
+    per_window: float
+    window: float = RATE_LIMIT_WINDOW_SECONDS
+    burst: int = 1
+    _theoretical_arrival: float = field(default=0.0, repr=False)
+
+    @classmethod
+    def for_share(
+        cls, requests_per_second: float, window: float = RATE_LIMIT_WINDOW_SECONDS
+    ) -> RequestBudget | None:
+        """The budget of `requests_per_second` counted over `window`; None for no limit."""
+        if requests_per_second <= 0:
+            return None
+        per_window = requests_per_second * window
+        burst = max(1, math.floor(per_window * BURST_SHARE))
+        return cls(per_window=per_window, window=window, burst=burst)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests once the burst is spent (1 / rate for a burst of one)."""
+        return self.window / (self.per_window + 1 - self.burst)
+
+    def take(self, sleep: Callable[[float], None]) -> None:
+        """Wait (with `sleep`) until one more request conforms, then account for it."""
+        interval = self.interval
+        tolerance = (self.burst - 1) * interval
+        now = time.monotonic()
+        wait = self._theoretical_arrival - tolerance - now
+        if wait > 0:
+            sleep(wait)
+            now = max(time.monotonic(), now + wait)  # a test's sleep may not pass time
+        self._theoretical_arrival = max(now, self._theoretical_arrival) + interval
+
+
 class HightouchClient:
     """Talks to one Hightouch workspace.
 
@@ -349,8 +399,7 @@ class HightouchClient:
         self._sleep = sleep
         self.request_count = 0
         # This client's share of the workspace rate limit (0: unlimited); 429s remain the backstop.
-        self._spacing = 1.0 / max_requests_per_second if max_requests_per_second > 0 else 0.0
-        self._next_request_at = 0.0
+        self._budget = RequestBudget.for_share(max_requests_per_second)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.poll_timeout = poll_timeout
@@ -367,12 +416,9 @@ class HightouchClient:
     # -- requests -------------------------------------------------------------------------------
 
     def _take_budget(self) -> None:
-        """Space requests by the budget, then count the request about to be made."""
-        if self._spacing:
-            wait = self._next_request_at - time.monotonic()
-            if wait > 0:
-                self._sleep(wait)
-            self._next_request_at = max(time.monotonic(), self._next_request_at) + self._spacing
+        """Wait until the budget allows a request, then count the request about to be made."""
+        if self._budget is not None:
+            self._budget.take(self._sleep)
         self.request_count += 1
 
     def _request(

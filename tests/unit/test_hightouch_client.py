@@ -17,6 +17,7 @@ from activation.lib.hightouch import (
     HightouchRequestRefused,
     HightouchUnavailable,
     PollSchedule,
+    RequestBudget,
     RowCounts,
     SyncRun,
     retry_delay,
@@ -202,21 +203,51 @@ def test_a_failed_run_raises_with_its_error_and_link() -> None:
     assert "/syncs/101/runs/5" in str(error.value)
 
 
-def test_the_request_budget_spaces_requests() -> None:
+def test_a_client_s_first_requests_go_at_once_then_the_budget_spaces_them() -> None:
+    """A sync step's client (4 requests per second, the demo's share) reads the sync, its runs
+    and triggers without waiting; past its burst the budget spaces requests again."""
     slept: list[float] = []
     client = HightouchClient(
         "https://ht.test/api/v1",
         TOKEN,
         transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"data": []})),
-        sleep=lambda seconds: (slept.append(seconds), time.sleep(seconds)),
-        max_requests_per_second=20,
+        sleep=slept.append,  # passes no time: each wait shows in full
+        max_requests_per_second=4,
     )
-    started = time.monotonic()
-    for _ in range(6):
+    burst = RequestBudget.for_share(4)
+    assert burst is not None and burst.burst == 4
+    for _ in range(4):
         client.recent_runs("101")
-    # Six requests at 20 per second need at least five gaps of 50 ms.
-    assert time.monotonic() - started >= 0.25
+    assert slept == []
+    client.recent_runs("101")
+    client.recent_runs("101")
+    # One interval past the burst, then two (the fake sleep let no time pass in between).
+    assert len(slept) == 2
+    assert 0.2 < slept[0] <= burst.interval < slept[1] <= 2 * burst.interval
     assert client.request_count == 6
+
+
+@pytest.mark.parametrize("share", [50.0, 4.0, 0.5])
+def test_the_budget_never_exceeds_its_share_of_any_window(share: float) -> None:
+    """The bound Hightouch enforces (requests per window), checked on every window of a real
+    burst-then-steady sequence: a one-second window keeps the test short; the arithmetic is the
+    same at ten."""
+    budget = RequestBudget.for_share(share, window=1.0)
+    assert budget is not None
+    sent: list[float] = []
+    for _ in range(int(share * 2.5) + budget.burst):
+        budget.take(time.sleep)
+        sent.append(time.monotonic())
+    most_in_a_window = max(
+        sum(1 for t in sent if start <= t < start + budget.window) for start in sent
+    )
+    assert most_in_a_window <= share * budget.window + 1
+    # And it is no stricter than it needs to be: the burst went at once.
+    assert sent[budget.burst - 1] - sent[0] < 0.05 * budget.window
+
+
+def test_no_share_means_no_budget() -> None:
+    assert RequestBudget.for_share(0.0) is None
 
 
 # -- odd answers: retried like a server error, never a crash ---------------------------------------
