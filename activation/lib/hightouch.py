@@ -665,7 +665,9 @@ class HightouchClient:
                     "cancel endpoint: the run may still finish; check it there."
                 )
             ratio = run.completion_ratio if run is not None else 0.0
-            self._sleep(min(schedule.next_delay(time.monotonic(), ratio), remaining))
+            started = parse_api_time(run.started_at) if run is not None else None
+            elapsed = time.time() - started.timestamp() if started is not None else None
+            self._sleep(min(schedule.next_delay(time.monotonic(), ratio, elapsed), remaining))
             run = self.get_run(sync_id, run_id)
 
 
@@ -710,7 +712,8 @@ class PollSchedule:
     a second, at fewer reads than a fixed 3 s poll.
 
     Without either the delay doubles from `minimum` to `maximum`. Once the
-    completion ratio rises, a second reading a second later gives the rate, the remaining time is
+    completion ratio rises, a second reading a second later (sooner when the pace since the run's
+    `startedAt` says a short run ends before that) gives the rate, the remaining time is
     extrapolated from the last two readings, and the next read lands just after the estimated
     end, so a steadily progressing run is noticed within a second of its end in a handful of
     reads; a run that is not done by then is read every `minimum` seconds, re-estimated.
@@ -732,12 +735,21 @@ class PollSchedule:
         """The run should end between these two instants (same clock as `next_delay`'s `now`)."""
         self._window = (earliest, max(earliest, latest))
 
-    def next_delay(self, now: float, ratio: float) -> float:
+    def next_delay(self, now: float, ratio: float, elapsed: float | None = None) -> float:
+        """Seconds until the next read; `elapsed`: seconds since the run started by its
+        `startedAt` (None when unknown)."""
         if 0 < ratio < 1 and (not self._readings or ratio > self._readings[-1][1]):
             self._readings.append((now, ratio))
             if len(self._readings) == 1:
                 # Progress has started: a second reading soon gives the rate.
-                return min(self.maximum, max(self.minimum, 1.0))
+                second = min(self.maximum, max(self.minimum, 1.0))
+                if elapsed is not None and elapsed > 0:
+                    # At the pace since its start the run may end before that second reading
+                    # (a short run): read just after that end instead. A run that started slow
+                    # is only read once more, early, which then serves as the second reading.
+                    projected = (1 - ratio) * elapsed / ratio + _LAND_AFTER
+                    return min(second, max(_LAND_AFTER, projected))
+                return second
         if len(self._readings) >= 2:
             (t0, r0), (t1, r1) = self._readings[-2], self._readings[-1]
             remaining = (1 - r1) * (t1 - t0) / (r1 - r0) - (now - t1)

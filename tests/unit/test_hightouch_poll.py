@@ -120,3 +120,61 @@ def test_the_schedule_lands_after_the_window_opens_then_steps_through_it() -> No
     assert schedule.next_delay(100.2, 0.0) == WINDOW_STEP
     late = [schedule.next_delay(105.0 + n, 0.0) for n in range(12)]
     assert late[0] == WINDOW_STEP and late == sorted(late) and max(late) == 30.0
+
+
+def follow_progressing(
+    duration: float, skew: float = 0.0, *, with_start: bool = True
+) -> tuple[float, int]:
+    """Wait for a run of `duration` s started at 0 s whose completion ratio grows steadily;
+    Hightouch's clock is `skew` s ahead of ours; `with_start=False` leaves `startedAt` out. The
+    notice delay and requests."""
+    clock = SimpleNamespace(now=0.0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if clock.now >= duration:
+            ours = _run("7", "success", skew, skew + duration)
+        else:
+            ours = {**_run("7", "processing", skew), "completionRatio": clock.now / duration}
+        if not with_start:
+            ours.pop("startedAt")
+        return httpx.Response(200, json={"data": [ours]})
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    fake_time = SimpleNamespace(
+        monotonic=lambda: clock.now, time=lambda: EPOCH.timestamp() + clock.now, sleep=sleep
+    )
+    with mock.patch.object(hightouch, "time", fake_time):
+        client = HightouchClient(
+            "https://ht.test/api/v1", "t", transport=httpx.MockTransport(handler), sleep=sleep
+        )
+        run = client.wait_for_run("101", "7")
+    assert run.status == "success"
+    return clock.now - duration, client.request_count
+
+
+def test_a_short_progressing_run_is_read_just_after_the_end_its_pace_since_start_gives() -> None:
+    """A 0.7 s run is 71% done at the 0.5 s read: read just after its projected end, not a
+    second later for a rate reading (which noticed it 0.8 s late)."""
+    delay, requests = follow_progressing(0.7)
+    assert 0 <= delay <= 0.3
+    assert requests == 3  # the first read, the one that saw progress, the one that saw the end
+
+
+@pytest.mark.parametrize("duration", [5.0, 30.0, 300.0], ids=["5s", "30s", "300s"])
+def test_longer_progressing_runs_cost_no_more_reads_for_the_start_time(duration: float) -> None:
+    delay, requests = follow_progressing(duration)
+    without_delay, without_requests = follow_progressing(duration, with_start=False)
+    assert 0 <= delay <= 1.0 and 0 <= without_delay <= 1.0
+    assert requests <= without_requests
+
+
+@pytest.mark.parametrize("skew", [-5.0, 5.0], ids=["hightouch-behind", "hightouch-ahead"])
+def test_a_skewed_clock_costs_at_most_the_early_end(skew: float) -> None:
+    """startedAt on another clock: behind, the pace looks slow and the second reading comes as
+    before; ahead, the start looks later than it was (or in the future) and the read at worst
+    comes early, then the two readings take over."""
+    delay, requests = follow_progressing(0.7, skew=skew)
+    assert 0 <= delay <= 0.8
+    assert requests <= 4
