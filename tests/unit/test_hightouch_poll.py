@@ -4,6 +4,7 @@ predict, sparse before it (httpx.MockTransport plays Hightouch, a fake clock pla
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from unittest import mock
@@ -42,19 +43,15 @@ def _history(durations: list[float]) -> list[dict]:
     ]
 
 
-def follow(duration: float, durations: list[float]) -> tuple[float, int]:
-    """Wait for a silent run of `duration` s started at 0 s; the notice delay and requests."""
+def _wait_on_a_fake_clock(
+    duration: float, answer: Callable[[float, httpx.Request], list[dict]]
+) -> tuple[float, int]:
+    """`wait_for_run` for run "7" with Hightouch's answers from `answer(now, request)` and time
+    played by a fake clock; how long after `duration` the end was noticed, and the requests."""
     clock = SimpleNamespace(now=0.0)
 
     def handler(request: httpx.Request) -> httpx.Response:
-        ours = (
-            _run("7", "success", 0.0, duration)
-            if clock.now >= duration
-            else {**_run("7", "querying", 0.0), "completionRatio": 0}
-        )
-        if "runId" in request.url.params:
-            return httpx.Response(200, json={"data": [ours]})
-        return httpx.Response(200, json={"data": [ours, *_history(durations)]})
+        return httpx.Response(200, json={"data": answer(clock.now, request)})
 
     def sleep(seconds: float) -> None:
         clock.now += seconds
@@ -69,6 +66,22 @@ def follow(duration: float, durations: list[float]) -> tuple[float, int]:
         run = client.wait_for_run("101", "7")
     assert run.status == "success"
     return clock.now - duration, client.request_count
+
+
+def follow(duration: float, durations: list[float]) -> tuple[float, int]:
+    """Wait for a silent run of `duration` s started at 0 s; the notice delay and requests."""
+
+    def answer(now: float, request: httpx.Request) -> list[dict]:
+        ours = (
+            _run("7", "success", 0.0, duration)
+            if now >= duration
+            else {**_run("7", "querying", 0.0), "completionRatio": 0}
+        )
+        if "runId" in request.url.params:
+            return [ours]
+        return [ours, *_history(durations)]
+
+    return _wait_on_a_fake_clock(duration, answer)
 
 
 def fixed_poll_requests(duration: float, interval: float = 3.0) -> int:
@@ -128,30 +141,17 @@ def follow_progressing(
     """Wait for a run of `duration` s started at 0 s whose completion ratio grows steadily;
     Hightouch's clock is `skew` s ahead of ours; `with_start=False` leaves `startedAt` out. The
     notice delay and requests."""
-    clock = SimpleNamespace(now=0.0)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if clock.now >= duration:
+    def answer(now: float, request: httpx.Request) -> list[dict]:
+        if now >= duration:
             ours = _run("7", "success", skew, skew + duration)
         else:
-            ours = {**_run("7", "processing", skew), "completionRatio": clock.now / duration}
+            ours = {**_run("7", "processing", skew), "completionRatio": now / duration}
         if not with_start:
             ours.pop("startedAt")
-        return httpx.Response(200, json={"data": [ours]})
+        return [ours]
 
-    def sleep(seconds: float) -> None:
-        clock.now += seconds
-
-    fake_time = SimpleNamespace(
-        monotonic=lambda: clock.now, time=lambda: EPOCH.timestamp() + clock.now, sleep=sleep
-    )
-    with mock.patch.object(hightouch, "time", fake_time):
-        client = HightouchClient(
-            "https://ht.test/api/v1", "t", transport=httpx.MockTransport(handler), sleep=sleep
-        )
-        run = client.wait_for_run("101", "7")
-    assert run.status == "success"
-    return clock.now - duration, client.request_count
+    return _wait_on_a_fake_clock(duration, answer)
 
 
 def test_a_short_progressing_run_is_read_just_after_the_end_its_pace_since_start_gives() -> None:
