@@ -55,7 +55,6 @@ from activation.core.ledger_signature import MATERIALIZATION, LedgerSigner
 from activation.core.verdicts import FAILED_ROWS_CHECK, PreSyncVerdict, SyncHeldBack
 from activation.lib.destinations import Destination, FailurePolicy, sync_asset_key_for
 from activation.lib.hightouch import (
-    HISTORY_RUNS,
     TERMINAL_FAILURE,
     HightouchClient,
     HightouchError,
@@ -553,7 +552,7 @@ def _sync(
     url = client.run_url(sync_id, run_id)
     history: list[SyncRun] | None = None
     if detach_with is not None and destination.wait != "attached":
-        history = client.recent_runs(sync_id, limit=HISTORY_RUNS)
+        history = client.first_read(sync_id, run_id)
         latest = next((r for r in history if r.id == run_id), None) or _not_listed(sync_id, run_id)
         why = _detach_reason(destination, latest, history)
         if why is not None and not latest.finished:

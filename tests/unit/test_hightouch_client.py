@@ -227,6 +227,32 @@ def test_a_client_s_first_requests_go_at_once_then_the_budget_spaces_them() -> N
     assert client.request_count == 6
 
 
+def test_the_first_read_of_a_run_just_triggered_waits_half_a_poll_interval() -> None:
+    """The run the client triggered is first read half a poll interval after the trigger; a run
+    it did not trigger (re-attached after a crash) is read at once."""
+    slept: list[float] = []
+    done = {"id": "5", "status": "success", "completionRatio": 1.0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"id": "5"})
+        return httpx.Response(200, json={"data": [done]})
+
+    client = HightouchClient(
+        "https://ht.test/api/v1",
+        TOKEN,
+        transport=httpx.MockTransport(handler),
+        sleep=slept.append,
+        poll_interval=0.5,
+    )
+    run_id = client.trigger("101")
+    assert client.wait_for_run("101", run_id).status == "success"
+    assert len(slept) == 1 and 0.2 < slept[0] <= 0.25
+    slept.clear()
+    assert [run.id for run in client.first_read("202", "5")] == ["5"]  # not triggered here
+    assert slept == []
+
+
 @pytest.mark.parametrize("share", [50.0, 4.0, 0.5])
 def test_the_budget_never_exceeds_its_share_of_any_window(share: float) -> None:
     """The bound Hightouch enforces (requests per window), checked on every window of a real
