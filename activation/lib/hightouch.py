@@ -685,8 +685,7 @@ class HightouchClient:
                     "cancel endpoint: the run may still finish; check it there."
                 )
             ratio = run.completion_ratio if run is not None else 0.0
-            started = parse_api_time(run.started_at) if run is not None else None
-            elapsed = time.time() - started.timestamp() if started is not None else None
+            elapsed = seconds_since_start(run, time.time()) if run is not None else None
             self._sleep(min(schedule.next_delay(time.monotonic(), ratio, elapsed), remaining))
             run = self.get_run(sync_id, run_id)
 
@@ -699,14 +698,22 @@ WINDOW_STEP = 0.8
 _LAND_AFTER = 0.2
 
 
+def seconds_since_start(run: SyncRun, now: float) -> float | None:
+    """How long `run` has been going at `now` (epoch): since its `startedAt` (else `createdAt`);
+    None when it has neither. A clock ahead of Hightouch's must not put the start in the future,
+    so never negative."""
+    started = parse_api_time(run.started_at) or parse_api_time(run.created_at)
+    return None if started is None else max(0.0, now - started.timestamp())
+
+
 def expected_end(
     run: SyncRun, history: Sequence[SyncRun], now: float
 ) -> tuple[float, float] | None:
     """Seconds from `now` (epoch) to the earliest and latest expected end of `run`: its
     `startedAt` (else `createdAt`) plus the shortest and longest of the other successful runs in
     `history`; None when either is unknown. Negative when the window is already past."""
-    started = parse_api_time(run.started_at) or parse_api_time(run.created_at)
-    if started is None:
+    elapsed = seconds_since_start(run, now)
+    if elapsed is None:
         return None
     durations = []
     for other in history:
@@ -717,8 +724,6 @@ def expected_end(
             durations.append((ended - began).total_seconds())
     if not durations:
         return None
-    # A clock ahead of Hightouch's must not put the start in the future.
-    elapsed = max(0.0, now - started.timestamp())
     return min(durations) - elapsed, max(durations) - elapsed
 
 
@@ -756,8 +761,8 @@ class PollSchedule:
         self._window = (earliest, max(earliest, latest))
 
     def next_delay(self, now: float, ratio: float, elapsed: float | None = None) -> float:
-        """Seconds until the next read; `elapsed`: seconds since the run started by its
-        `startedAt` (None when unknown)."""
+        """Seconds until the next read; `elapsed`: how long the run has been going
+        (`seconds_since_start`; None when unknown)."""
         if 0 < ratio < 1 and (not self._readings or ratio > self._readings[-1][1]):
             self._readings.append((now, ratio))
             if len(self._readings) == 1:

@@ -139,8 +139,8 @@ def follow_progressing(
     duration: float, skew: float = 0.0, *, with_start: bool = True
 ) -> tuple[float, int]:
     """Wait for a run of `duration` s started at 0 s whose completion ratio grows steadily;
-    Hightouch's clock is `skew` s ahead of ours; `with_start=False` leaves `startedAt` out. The
-    notice delay and requests."""
+    Hightouch's clock is `skew` s ahead of ours; `with_start=False` leaves both start times
+    (`startedAt`, `createdAt`) out. The notice delay and requests."""
 
     def answer(now: float, request: httpx.Request) -> list[dict]:
         if now >= duration:
@@ -149,6 +149,7 @@ def follow_progressing(
             ours = {**_run("7", "processing", skew), "completionRatio": now / duration}
         if not with_start:
             ours.pop("startedAt")
+            ours.pop("createdAt")
         return [ours]
 
     return _wait_on_a_fake_clock(duration, answer)
