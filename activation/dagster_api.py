@@ -6,17 +6,22 @@ non-public call, says why the product needs it and which public API is missing, 
 by tests/unit/test_dagster_api.py, which needs no sandbox: a Dagster upgrade that changes one of
 these calls fails one small test here instead of a sensor, the gate or a promotion at run time.
 The same test file walks activation/ and fails when another module imports `dagster._*`,
-`dagster_shared` or a dagster-dbt/dagster-airbyte submodule, or calls a wrapped method itself.
+`dagster_shared`, Alembic (reached only for Dagster's storage) or a dagster-dbt/dagster-airbyte
+submodule, or calls a wrapped method itself.
 
 "Public" means marked `@public` (or a `PublicAttr`) in the installed Dagster 1.13 /
 integrations 0.29: the names Dagster documents and keeps stable across minor releases.
 """
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION
 from dagster_airbyte import AirbyteWorkspace
 from dagster_airbyte.translator import AirbyteJob, AirbyteMetadataSet, AirbyteWorkspaceData
 from dagster_dbt import DbtCliResource
@@ -27,6 +32,7 @@ __all__ = [
     "check_history",
     "events_of_run",
     "run_location",
+    "share_storage_migration_scripts",
     "tag_run",
 ]
 
@@ -174,3 +180,45 @@ class DbtCliResourceWithoutAdapter(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:  # type: ignore[override]
         return None
+
+
+# -- Dagster's storage migration scripts -----------------------------------------------------------
+
+
+def share_storage_migration_scripts() -> None:
+    """One read of Dagster's storage migration scripts per process, shared by every storage the
+    process opens and inherited by every process forked from it.
+
+    Whenever a process opens an instance's SQL storage, and the first time it writes to a run's
+    event log, Dagster compares the database's schema revision with its newest Alembic migration
+    (`check_alembic_revision`, not public). To find the newest, Alembic builds a fresh
+    `ScriptDirectory` and executes each of Dagster's 90 migration scripts again: four times in
+    every step process (run storage, schedule storage, the event index, the run's own shard),
+    some 60 ms of CPU per step and more wall on two cores shared by six steps at once. The
+    scripts are files of the installed Dagster and cannot change while a process runs, so one
+    `ScriptDirectory` serves every check. No public option skips or caches the check.
+
+    Only Dagster's own script location is shared; every other use of Alembic (another location,
+    a `ScriptDirectory` subclass) builds its directory as before. The revision comparison itself
+    still runs against each database. Called in the step forkserver before it warms the instance
+    (activation/tooling/forkserver_preload.py), so each step process inherits the scripts read.
+    Not in the process that executes a run: it opens its instance before the code location
+    loads, and then checks once more at most. A second call does nothing.
+    """
+    if getattr(ScriptDirectory.from_config, "shares_dagster_scripts", False):
+        return
+    build = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+    shared: dict[str, ScriptDirectory] = {}
+    lock = threading.Lock()
+
+    def from_config(cls: type[ScriptDirectory], config: AlembicConfig) -> ScriptDirectory:
+        location = config.get_main_option("script_location")
+        if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
+            return build(cls, config)
+        with lock:
+            if location not in shared:
+                shared[location] = build(cls, config)
+            return shared[location]
+
+    from_config.shares_dagster_scripts = True  # type: ignore[attr-defined]
+    ScriptDirectory.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]

@@ -7,7 +7,9 @@ again (and on two cores, six guard steps launched together would otherwise queue
 
 - the definitions and their asset graph (`activation.definitions.prebuild`);
 - Dagster's instance storage modules (`warm_instance_storage`): the first instance a process
-  opens imports SQLAlchemy, Alembic and the storage classes, half a second per step process.
+  opens imports SQLAlchemy, Alembic and the storage classes, half a second per step process;
+- Dagster's storage migration scripts, read once and shared by every schema check a step makes
+  (`share_storage_migration_scripts` in activation/dagster_api.py).
 
 Last, it freezes what it loaded (`freeze_loaded_heap`), so the steps' garbage collections leave
 the inherited heap alone.
@@ -25,6 +27,7 @@ import os
 import dagster as dg
 
 from activation.core.step_forkserver import freeze_loaded_heap, mark_step_forkserver
+from activation.dagster_api import share_storage_migration_scripts
 from activation.definitions import prebuild
 
 
@@ -42,5 +45,6 @@ def warm_instance_storage() -> None:
 
 mark_step_forkserver()
 prebuild()
+share_storage_migration_scripts()
 warm_instance_storage()
 freeze_loaded_heap()

@@ -7,6 +7,7 @@ Dagster API other than through activation/dagster_api.py.
 """
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from dagster_dbt import DbtCliResource
 from activation.core.dbt_project import dbt_project
 from activation.dagster_api import CheckEntry, check_history, events_of_run, run_location, tag_run
 from activation.resources import build_dbt_resource
+from tests.support.child_process import last_json, run_python
 
 MART = dg.AssetKey(["unit", "mart"])
 UNIQUE = "unique_id"
@@ -226,6 +228,69 @@ def test_the_dbt_resource_runs_dbt_without_the_adapter_dagster_dbt_builds(tmp_pa
     assert (tmp_path / "ours" / "manifest.json").exists()
 
 
+# -- share_storage_migration_scripts ---------------------------------------------------------------
+
+# Counts every migration script Alembic executes (`Script._from_path` runs one script file),
+# then opens a SQLite instance and writes to its index and to a run shard, as a step does.
+SCRIPT_READS_PROBE = r"""
+import json, os, tempfile
+from alembic.config import Config
+from alembic.script import ScriptDirectory, base
+reads = []
+execute_script = base.Script._from_path.__func__
+def counted(cls, scriptdir, path):
+    reads.append(path)
+    return execute_script(cls, scriptdir, path)
+base.Script._from_path = classmethod(counted)
+
+import dagster as dg
+from activation.dagster_api import share_storage_migration_scripts
+
+def reads_to_open_and_write():
+    reads.clear()
+    with dg.DagsterInstance.get() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("probe"))
+        dg.materialize([dg.asset(name="probe_asset")(lambda: None)], instance=instance)
+    return len(reads)
+
+counts = {"unshared": [reads_to_open_and_write(), reads_to_open_and_write()]}
+share_storage_migration_scripts()
+share_storage_migration_scripts()
+counts["shared"] = [reads_to_open_and_write(), reads_to_open_and_write()]
+pid = os.fork()
+if pid == 0:
+    os._exit(min(reads_to_open_and_write(), 255))
+counts["forked"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+other = Config()
+other.set_main_option("script_location", tempfile.mkdtemp())
+first, second = ScriptDirectory.from_config(other), ScriptDirectory.from_config(other)
+counts["other_location_shared"] = first is second
+print(json.dumps(counts))
+"""
+
+
+def test_storage_checks_read_dagster_migration_scripts_once_per_process(tmp_path: Path) -> None:
+    """In a fresh interpreter (the sharing is process-wide): before, every instance opened and
+    written to executes Dagster's migration scripts several times over; after, the first one
+    executes them once and no later one, in this process or a process forked from it, executes
+    any. Another Alembic script location is not shared."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DO_NOT_TRACK": "1"}
+    counts = last_json(run_python("-c", SCRIPT_READS_PROBE, env=env, timeout=300))
+    scripts = len(list(Path(dg.__file__).parent.glob("_core/storage/alembic/versions/*.py")))
+    assert scripts > 50, "is Dagster's migration folder still there?"
+    unshared = counts["unshared"]
+    # each open of an instance and write to a new run: the run storage, the event index and the
+    # run's own shard each read them again
+    assert min(unshared) >= 2 * scripts, counts
+    assert counts["shared"][0] <= scripts, counts
+    assert counts["shared"][1] == 0, counts
+    assert counts["forked"] == 0, counts
+    assert counts["other_location_shared"] is False
+
+
 # -- no other module reaches non-public Dagster API ------------------------------------------------
 
 ACTIVATION = Path(__file__).resolve().parents[2] / "activation"
@@ -253,7 +318,7 @@ def non_public_uses(tree: ast.AST) -> list[tuple[int, str]]:
 
     def bad_module(name: str) -> bool:
         top, _, rest = name.partition(".")
-        if top == "dagster_shared":
+        if top in ("dagster_shared", "alembic"):  # Alembic only serves Dagster's storage here
             return True
         if top == "dagster":
             return rest.startswith("_")
@@ -304,6 +369,7 @@ def test_the_walker_catches_each_kind_of_non_public_use() -> None:
     source = """
 import dagster._core.events
 import dagster_shared.serdes
+from alembic.script import ScriptDirectory
 from dagster._core.remote_origin import RemoteJobOrigin
 from dagster import _check
 from dagster_dbt.asset_utils import x
@@ -325,6 +391,7 @@ class Quiet(DbtCliResource):
         [
             "dagster._core.events",
             "dagster_shared.serdes",
+            "alembic.script",
             "dagster._core.remote_origin",
             "dagster._check",
             "dagster_dbt.asset_utils",

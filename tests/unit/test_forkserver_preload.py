@@ -28,7 +28,25 @@ for fd in os.listdir("/proc/self/fd"):
         continue
     if home and target.startswith(home):
         open_in_home.append(target)
+script_reads = None
+if home:
+    # What a step forked now would do first: open the instance, write to its run's shard.
+    from alembic.script import base
+    reads = []
+    execute_script = base.Script._from_path.__func__
+    def counted(cls, scriptdir, path):
+        reads.append(path)
+        return execute_script(cls, scriptdir, path)
+    base.Script._from_path = classmethod(counted)
+    import dagster as dg
+    try:
+        with dg.DagsterInstance.get() as instance:
+            dg.materialize([dg.asset(name="probe_asset")(lambda: None)], instance=instance)
+        script_reads = len(reads)
+    except Exception as error:  # the broken-config cases: the step would report it
+        script_reads = type(error).__name__
 print(json.dumps({
+    "script_reads": script_reads,
     "storage_imported": "dagster._core.storage.runs.sqlite.sqlite_run_storage" in sys.modules,
     "alembic_imported": "alembic" in sys.modules,
     "open_in_home": open_in_home,
@@ -57,6 +75,8 @@ def test_storage_modules_are_imported_and_nothing_stays_open(tmp_path: Path) -> 
     assert probed["open_in_home"] == []
     # Frozen before any fork: the steps' collections leave the inherited heap alone.
     assert probed["frozen_objects"] > 100_000
+    # Dagster's migration scripts were read before any fork: a step's schema checks read none.
+    assert probed["script_reads"] == 0
 
 
 def test_without_a_home_nothing_is_opened(tmp_path: Path) -> None:
