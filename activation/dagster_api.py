@@ -17,14 +17,16 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
-from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION
 from dagster_airbyte import AirbyteWorkspace
 from dagster_airbyte.translator import AirbyteJob, AirbyteMetadataSet, AirbyteWorkspaceData
 from dagster_dbt import DbtCliResource
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "CheckEntry",
@@ -205,13 +207,18 @@ def share_storage_migration_scripts() -> None:
     Not in the process that executes a run: it opens its instance before the code location
     loads, and then checks once more at most. A second call does nothing.
     """
+    # Imported here: Alembic takes 0.4 s to import, and only a process that opens an instance
+    # (which imports it anyway) needs it.
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION
+
     if getattr(ScriptDirectory.from_config, "shares_dagster_scripts", False):
         return
     build = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
     shared: dict[str, ScriptDirectory] = {}
     lock = threading.Lock()
 
-    def from_config(cls: type[ScriptDirectory], config: AlembicConfig) -> ScriptDirectory:
+    def from_config(cls: type["ScriptDirectory"], config: "AlembicConfig") -> "ScriptDirectory":
         location = config.get_main_option("script_location")
         if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
             return build(cls, config)
