@@ -191,12 +191,13 @@ def share_storage_migration_scripts() -> None:
     """One read of Dagster's storage migration scripts per process, shared by every storage the
     process opens and inherited by every process forked from it.
 
-    Whenever a process opens an instance's SQL storage, and the first time it writes to a run's
-    event log, Dagster compares the database's schema revision with its newest Alembic migration
+    Whenever a process opens an instance's SQLite storage (Dagster's default; PostgreSQL
+    storage does not check at open), and the first time it writes to a run's event log, Dagster
+    compares the database's schema revision with its newest Alembic migration
     (`check_alembic_revision`, not public). To find the newest, Alembic builds a fresh
-    `ScriptDirectory` and executes each of Dagster's 90 migration scripts again: four times in
-    every step process (run storage, schedule storage, the event index, the run's own shard),
-    some 60 ms of CPU per step and more wall on two cores shared by six steps at once. The
+    `ScriptDirectory` and executes each of Dagster's 90 migration scripts again: about five
+    times in every step process (run storage, schedule storage, the event index, the run's own
+    shard), some 50 ms of CPU per step and more wall on two cores shared by six steps. The
     scripts are files of the installed Dagster and cannot change while a process runs, so one
     `ScriptDirectory` serves every check. No public option skips or caches the check.
 
