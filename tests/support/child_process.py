@@ -35,3 +35,16 @@ def run_python(
 def last_json(result: subprocess.CompletedProcess[str]) -> Any:
     """The JSON document the child printed on its last line."""
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Probe code for a child: from here on, every Alembic migration script the child executes is
+# appended to `reads` (`Script._from_path` executes one script file).
+COUNT_MIGRATION_SCRIPT_READS = r"""
+from alembic.script import base as _alembic_script
+reads = []
+_execute_script = _alembic_script.Script._from_path.__func__
+def _counted(cls, scriptdir, path):
+    reads.append(path)
+    return _execute_script(cls, scriptdir, path)
+_alembic_script.Script._from_path = classmethod(_counted)
+"""

@@ -18,7 +18,7 @@ from dagster_dbt import DbtCliResource
 from activation.core.dbt_project import dbt_project
 from activation.dagster_api import CheckEntry, check_history, events_of_run, run_location, tag_run
 from activation.resources import build_dbt_resource
-from tests.support.child_process import last_json, run_python
+from tests.support.child_process import COUNT_MIGRATION_SCRIPT_READS, last_json, run_python
 
 MART = dg.AssetKey(["unit", "mart"])
 UNIQUE = "unique_id"
@@ -232,17 +232,12 @@ def test_the_dbt_resource_runs_dbt_without_the_adapter_dagster_dbt_builds(tmp_pa
 
 # Counts every migration script Alembic executes (`Script._from_path` runs one script file),
 # then opens a SQLite instance and writes to its index and to a run shard, as a step does.
-SCRIPT_READS_PROBE = r"""
+SCRIPT_READS_PROBE = (
+    COUNT_MIGRATION_SCRIPT_READS
+    + r"""
 import json, os, tempfile
 from alembic.config import Config
-from alembic.script import ScriptDirectory, base
-reads = []
-execute_script = base.Script._from_path.__func__
-def counted(cls, scriptdir, path):
-    reads.append(path)
-    return execute_script(cls, scriptdir, path)
-base.Script._from_path = classmethod(counted)
-
+from alembic.script import ScriptDirectory
 import dagster as dg
 from activation.dagster_api import share_storage_migration_scripts
 
@@ -267,6 +262,7 @@ first, second = ScriptDirectory.from_config(other), ScriptDirectory.from_config(
 counts["other_location_shared"] = first is second
 print(json.dumps(counts))
 """
+)
 
 
 def test_storage_checks_read_dagster_migration_scripts_once_per_process(tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.child_process import last_json, run_python
+from tests.support.child_process import COUNT_MIGRATION_SCRIPT_READS, last_json, run_python
 
-PROBE = r"""
+PROBE = (
+    COUNT_MIGRATION_SCRIPT_READS
+    + r"""
 import gc, json, os, sys
 import activation.tooling.forkserver_preload  # noqa: F401  (the forkserver's import)
 home = os.environ.get("DAGSTER_HOME", "")
@@ -31,13 +33,7 @@ for fd in os.listdir("/proc/self/fd"):
 script_reads = None
 if home:
     # What a step forked now would do first: open the instance, write to its run's shard.
-    from alembic.script import base
-    reads = []
-    execute_script = base.Script._from_path.__func__
-    def counted(cls, scriptdir, path):
-        reads.append(path)
-        return execute_script(cls, scriptdir, path)
-    base.Script._from_path = classmethod(counted)
+    reads.clear()
     import dagster as dg
     try:
         with dg.DagsterInstance.get() as instance:
@@ -53,6 +49,7 @@ print(json.dumps({
     "frozen_objects": gc.get_freeze_count(),
 }))
 """
+)
 
 
 def _probe(env_home: Path | None) -> dict[str, object]:
