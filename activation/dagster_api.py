@@ -216,17 +216,21 @@ def share_storage_migration_scripts() -> None:
     if getattr(ScriptDirectory.from_config, "shares_dagster_scripts", False):
         return
     build = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
-    shared: dict[str, ScriptDirectory] = {}
+    # Dagster's SQLite storages each read their own alembic.ini; the three files are identical.
+    shared: ScriptDirectory | None = None
     lock = threading.Lock()
 
     def from_config(cls: type["ScriptDirectory"], config: "AlembicConfig") -> "ScriptDirectory":
-        location = config.get_main_option("script_location")
-        if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
+        nonlocal shared
+        if (
+            cls is not ScriptDirectory
+            or config.get_main_option("script_location") != ALEMBIC_SCRIPTS_LOCATION
+        ):
             return build(cls, config)
         with lock:
-            if location not in shared:
-                shared[location] = build(cls, config)
-            return shared[location]
+            if shared is None:
+                shared = build(cls, config)
+            return shared
 
     from_config.shares_dagster_scripts = True  # type: ignore[attr-defined]
     ScriptDirectory.from_config = classmethod(from_config)  # type: ignore[method-assign,assignment]

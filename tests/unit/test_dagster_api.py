@@ -275,8 +275,12 @@ def test_storage_checks_read_dagster_migration_scripts_once_per_process(tmp_path
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "DO_NOT_TRACK": "1"}
     counts = last_json(run_python("-c", SCRIPT_READS_PROBE, env=env, timeout=300))
-    scripts = len(list(Path(dg.__file__).parent.glob("_core/storage/alembic/versions/*.py")))
+    storage = Path(dg.__file__).parent / "_core" / "storage"
+    scripts = len(list(storage.glob("alembic/versions/*.py")))
     assert scripts > 50, "is Dagster's migration folder still there?"
+    # One shared directory serves all three SQLite storages because their configs are the same.
+    configs = {path.read_text() for path in storage.glob("*/sqlite/alembic/alembic.ini")}
+    assert len(configs) == 1, "Dagster's SQLite storages now configure Alembic differently"
     unshared = counts["unshared"]
     # each open of an instance and write to a new run: the run storage, the event index and the
     # run's own shard each read them again
