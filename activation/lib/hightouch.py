@@ -400,7 +400,8 @@ class HightouchClient:
         self.request_count = 0
         # This client's share of the workspace rate limit (0: unlimited); 429s remain the backstop.
         self._budget = RequestBudget.for_share(max_requests_per_second)
-        self._triggered_at: dict[tuple[str, str], float] = {}  # (sync, run) -> monotonic time
+        # (sync, run) -> monotonic time of the trigger, until the run's first read
+        self._triggered_at: dict[tuple[str, str], float] = {}
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.poll_timeout = poll_timeout
@@ -577,14 +578,15 @@ class HightouchClient:
     def first_read(self, sync_id: str, run_id: str) -> list[SyncRun]:
         """The sync's newest runs (`HISTORY_RUNS`: the run and the history that says how long a
         run of this sync takes), read as the first read of a run's wait: no sooner than half a
-        poll interval after this client triggered it, at once for a run it did not trigger.
+        poll interval after this client triggered it, at once for a run it did not trigger or
+        has read before (the trigger time is taken out here: it serves one read).
 
         A run read in the instant it was triggered has not moved; reading it half an interval
         later loses nothing, and the doubling poll that follows (when the sync has no history)
         then lands its reads at 0.75, 1.75, 3.75 s rather than 0.5, 1.5, 3.5 s: over run lengths
         spread from 0.3 s to 2 minutes, ends are noticed slightly sooner at slightly fewer reads.
         """
-        triggered = self._triggered_at.get((sync_id, run_id))
+        triggered = self._triggered_at.pop((sync_id, run_id), None)
         if triggered is not None:
             wait = triggered + self.poll_interval / 2 - time.monotonic()
             if wait > 0:

@@ -250,6 +250,7 @@ def test_the_first_read_of_a_run_just_triggered_waits_half_a_poll_interval() -> 
     assert len(slept) == 1 and 0.2 < slept[0] <= 0.25
     slept.clear()
     assert [run.id for run in client.first_read("202", "5")] == ["5"]  # not triggered here
+    assert [run.id for run in client.first_read("101", run_id)] == ["5"]  # read before
     assert slept == []
 
 
