@@ -10,6 +10,9 @@ columns feed each column), traced from the SQL dbt compiled in this build
 their enforced contracts when definitions load. dagster-dbt's `fetch_column_metadata` is not used:
 it opens the warehouse from this process while dbt writes it, which DuckDB does not allow, and it
 cannot trace sources read from files (`read_parquet`).
+
+Each build's artifacts stay in its own target folder; after a build, the folders of earlier builds
+beyond the newest `ACTIVATION_DBT_ARTIFACT_RUNS_KEPT` are removed (`activation.core.dbt_artifacts`).
 """
 
 import json
@@ -22,6 +25,7 @@ import dagster as dg
 from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from activation.core.dbt_artifacts import KEPT_VARIABLE, prune_earlier_builds, runs_kept
 from activation.core.dbt_project import dbt_project
 from activation.lib.destinations import mart_asset_key
 
@@ -299,6 +303,7 @@ def build_dbt_assets() -> dg.AssetsDefinition:
         # judged can only be fingerprinted, and a failed test's stored rows only read, once dbt
         # has exited: those results wait until then, and dbt's error is raised after them.
         held: list[CheckEvent] = []
+        kept = runs_kept()  # a malformed setting fails the step here, before dbt runs
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)
         for event in invocation.stream():
             if _held_until_dbt_exits(event):
@@ -312,6 +317,12 @@ def build_dbt_assets() -> dg.AssetsDefinition:
         others = [r for r in held if not _checks_a_mart(r)]
         completed = [*with_fingerprints(marts, context.log), *others]
         yield from with_failing_rows(completed, dbt_project.manifest_path, context.log)
+        removed = prune_earlier_builds(invocation.target_path, kept)
+        if removed:
+            context.log.info(
+                f"Removed the dbt artifacts of {len(removed)} earlier builds, keeping the newest "
+                f"{kept} ({KEPT_VARIABLE})"
+            )
         error = invocation.get_error()
         if error is not None:
             raise error

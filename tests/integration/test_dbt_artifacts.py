@@ -1,0 +1,98 @@
+"""The dbt step keeps the artifacts of the newest builds only: real sandbox, real dbt on DuckDB,
+real Dagster execution of the dbt assets (and the Airbyte assets they read), with dagster-dbt's
+per-build target folders in a folder of this module's own (`DBT_TARGET_PATH`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from activation.core.dbt_artifacts import KEPT_VARIABLE
+from activation.defs.transform.dbt import TRANSFORM_GROUP
+from activation.sandbox.launcher import SandboxProcess
+from tests.support.gate_support import chain_sandbox, launch, step_failures
+
+DBT_STEP = "dbt_build"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    with chain_sandbox(tmp_path_factory.mktemp("dbt_artifacts") / "data") as box:
+        yield box
+
+
+@pytest.fixture(scope="module")
+def definitions(sandbox: SandboxProcess) -> dg.Definitions:
+    from activation.definitions import build_definitions
+
+    return build_definitions()
+
+
+@pytest.fixture
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "dbt_target"
+    folder.mkdir()
+    monkeypatch.setenv("DBT_TARGET_PATH", str(folder))
+    return folder
+
+
+def _transform_and_its_sources(definitions: dg.Definitions) -> list[dg.AssetKey]:
+    selection = dg.AssetSelection.groups(TRANSFORM_GROUP).upstream()
+    return sorted(selection.resolve(definitions.resolve_asset_graph()))
+
+
+def _earlier_build(target: Path, name: str, hours_ago: float) -> Path:
+    folder = target / name
+    folder.mkdir()
+    (folder / "dbt.log").write_text("{}\n")
+    moment = time.time() - hours_ago * 3600
+    os.utime(folder / "dbt.log", (moment, moment))
+    os.utime(folder, (moment, moment))
+    return folder
+
+
+def test_a_build_removes_earlier_builds_beyond_the_newest_kept(
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEPT_VARIABLE, "2")
+    newest, older, oldest = (
+        _earlier_build(target, f"{DBT_STEP}-{n}{n}{n}{n}{n}{n}{n}-abcdef0", hours_ago)
+        for n, hours_ago in ((1, 2), (2, 3), (3, 4))
+    )
+
+    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+
+    assert result.success, step_failures(result)
+    built = [p for p in target.iterdir() if p.name.startswith(f"{DBT_STEP}-{result.run_id[:7]}-")]
+    assert len(built) == 1 and (built[0] / "run_results.json").is_file()
+    assert newest.exists()
+    assert not older.exists() and not oldest.exists()
+
+
+def test_a_malformed_setting_fails_the_step_before_dbt_runs(
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEPT_VARIABLE, "all of them")
+    earlier = _earlier_build(target, f"{DBT_STEP}-5555555-abcdef0", hours_ago=9)
+
+    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+
+    assert not result.success
+    failures = {f.step: f.description for f in step_failures(result)}
+    assert KEPT_VARIABLE in failures.get(DBT_STEP, ""), failures
+    assert [p.name for p in target.iterdir()] == [earlier.name]  # dbt never started a build
+    built = [
+        e.asset_key for e in result.get_asset_materialization_events() if e.asset_key is not None
+    ]
+    assert not any(key.path[0] in ("staging", "marts") for key in built), built
