@@ -4,6 +4,7 @@ per-build target folders in a folder of this module's own (`DBT_TARGET_PATH`).""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -96,3 +97,34 @@ def test_a_malformed_setting_fails_the_step_before_dbt_runs(
         e.asset_key for e in result.get_asset_materialization_events() if e.asset_key is not None
     ]
     assert not any(key.path[0] in ("staging", "marts") for key in built), built
+
+
+def test_artifacts_that_cannot_be_listed_never_fail_a_good_build(
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The target folder refuses to be listed (permissions, a vanished mount): the build's
+    results stand, and the step says why nothing was removed."""
+    earlier = _earlier_build(target, f"{DBT_STEP}-6666666-abcdef0", hours_ago=9)
+    listable = Path.iterdir
+
+    def refuse_the_target(self: Path) -> Iterator[Path]:
+        if self == target:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listable(self)
+
+    monkeypatch.setenv(KEPT_VARIABLE, "1")
+    monkeypatch.setattr(Path, "iterdir", refuse_the_target)
+
+    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+
+    assert result.success, step_failures(result)
+    assert earlier.exists()
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.step_key == DBT_STEP and e.level == logging.WARNING
+    ]
+    assert any("Could not remove the dbt artifacts" in m for m in warnings), warnings
