@@ -3,7 +3,7 @@
 dagster-dbt gives every `dbt build` of a run its own target folder,
 `<dbt target>/dbt_build-<run id prefix>-<random>/`, so a run's artifacts (dbt.log, the compiled
 SQL, manifest.json, run_results.json) are never overwritten by the next run's. It never removes
-them: about 4 MB per run here, most of it dbt's debug log, so a host whose sensors launch a run
+them: about 4 MB per run here, half of it dbt's debug log, so a host whose sensors launch a run
 every few minutes fills its disk by gigabytes a week. (A run in its own container, as with the
 Kubernetes run launcher, leaves nothing behind anyway.)
 
