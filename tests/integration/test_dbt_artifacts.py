@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,17 @@ def definitions(sandbox: SandboxProcess) -> dg.Definitions:
 
 
 @pytest.fixture
-def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, definitions: dg.Definitions) -> Path:
+    """dagster-dbt's target folder for this test. It seeds each build's folder with the
+    `partial_parse.msgpack` it finds here, so the one the code location was prepared with is
+    copied in: without it every build of this module would parse the project in full."""
+    from activation.core.dbt_project import dbt_project
+
     folder = tmp_path / "dbt_target"
     folder.mkdir()
+    prepared = dbt_project.manifest_path.parent / "partial_parse.msgpack"
+    assert prepared.is_file(), prepared
+    shutil.copy(prepared, folder / prepared.name)
     monkeypatch.setenv("DBT_TARGET_PATH", str(folder))
     return folder
 
@@ -92,7 +101,8 @@ def test_a_malformed_setting_fails_the_step_before_dbt_runs(
     assert not result.success
     failures = {f.step: f.description for f in step_failures(result)}
     assert KEPT_VARIABLE in failures.get(DBT_STEP, ""), failures
-    assert [p.name for p in target.iterdir()] == [earlier.name]  # dbt never started a build
+    # dbt never started a build
+    assert sorted(p.name for p in target.iterdir()) == [earlier.name, "partial_parse.msgpack"]
     built = [
         e.asset_key for e in result.get_asset_materialization_events() if e.asset_key is not None
     ]
