@@ -42,6 +42,8 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, definitions: dg.Defi
     copied in: without it every build of this module would parse the project in full."""
     from activation.core.dbt_project import dbt_project
 
+    # `definitions` is asked for so that the code location is prepared (the sandbox fixture runs
+    # `dbt parse`) before the parse state is read here.
     folder = tmp_path / "dbt_target"
     folder.mkdir()
     prepared = dbt_project.manifest_path.parent / "partial_parse.msgpack"

@@ -88,19 +88,23 @@ def test_a_symbolic_link_named_like_a_build_is_not_followed(tmp_path: Path) -> N
 
 
 def test_a_folder_removed_meanwhile_by_another_run_is_skipped(tmp_path: Path) -> None:
+    """Another run's dbt step prunes the same folder at the same time and wins the race, right
+    after this one saw it: it is skipped, and the other old folder is still removed."""
     current = _build_folder(tmp_path, "dbt_build-0000000-aaaaaaa", age=0)
     gone = _build_folder(tmp_path, "dbt_build-1111111-bbbbbbb", age=9 * HOUR)
-    real_iterdir = Path.iterdir
+    other = _build_folder(tmp_path, "dbt_build-2222222-ccccccc", age=10 * HOUR)
+    real_is_dir = Path.is_dir
 
-    def iterdir_then_remove(self: Path):  # another step's pruning wins the race
-        entries = list(real_iterdir(self))
-        shutil.rmtree(gone)
-        return iter(entries)
+    def is_dir_then_removed(self: Path) -> bool:
+        answer = real_is_dir(self)
+        if self == gone and answer:
+            shutil.rmtree(gone)
+        return answer
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Path, "iterdir", iterdir_then_remove)
-        assert prune_earlier_builds(current, kept=1, now=NOW) == []
-    assert current.exists()
+        patch.setattr(Path, "is_dir", is_dir_then_removed)
+        assert prune_earlier_builds(current, kept=1, now=NOW) == [other]
+    assert current.exists() and not gone.exists() and not other.exists()
 
 
 def test_a_folder_not_named_by_dagster_dbt_prunes_nothing(tmp_path: Path) -> None:
