@@ -178,6 +178,10 @@ class DbtCliResourceWithoutAdapter(DbtCliResource):
     first trigger; dbt itself, in its own process, builds its own adapter as before. No public
     option turns it off. The invocation's `adapter` is None, which dagster-dbt already accepts:
     it is what it passes when the build fails, and for the Fusion engine.
+
+    In the mode this product loads dagster-dbt in (activation/dbt_out_of_process.py) the build
+    cannot succeed, but dagster-dbt still tries it: it imports dbt-core's adapter modules (the
+    second this product saves at load), then fails and logs a warning on every dbt step.
     """
 
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:  # type: ignore[override]

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_dbt import DbtCliResource
 
-from activation.core.dbt_project import dbt_project
 from activation.dagster_api import CheckEntry, check_history, events_of_run, run_location, tag_run
-from activation.resources import build_dbt_resource
+from activation.lib.paths import PROJECT_ROOT
 from tests.support.child_process import COUNT_MIGRATION_SCRIPT_READS, last_json, run_python
 
 MART = dg.AssetKey(["unit", "mart"])
@@ -209,22 +207,52 @@ def test_events_of_run_unfiltered_is_the_whole_log_oldest_first(
 # -- DbtCliResourceWithoutAdapter ------------------------------------------------------------------
 
 
-def test_the_dbt_resource_runs_dbt_without_the_adapter_dagster_dbt_builds(tmp_path: Path) -> None:
-    """A real `dbt parse` through each resource: dagster-dbt's own builds an adapter in this
-    process (what the override removes: if dagster-dbt renames the method, ours builds one too
-    and this fails), the product's builds none, and dbt itself works the same."""
-    ours = build_dbt_resource()
-    plain = DbtCliResource(
-        project_dir=dbt_project,
-        target=dbt_project.target,
-        dbt_executable=ours.dbt_executable,
-        global_config_flags=ours.global_config_flags,
-    )
-    with_adapter = plain.cli(["parse"], target_path=tmp_path / "plain").wait()
-    without = ours.cli(["parse"], target_path=tmp_path / "ours").wait()
-    assert with_adapter.adapter is not None
-    assert without.adapter is None
-    assert with_adapter.is_successful() and without.is_successful()
+# A real `dbt parse` through each resource, in a fresh interpreter. With "dbt-core-seen",
+# dagster-dbt is imported before this package, so it sees dbt-core and its own resource builds an
+# adapter in this process (what the override removes: if dagster-dbt renames the method, ours
+# builds one too and the test fails); otherwise dagster-dbt runs in this product's mode
+# (activation/dbt_out_of_process.py), where its own resource still reaches for dbt-core's
+# adapter modules before failing, and ours imports none.
+ADAPTER_PROBE = r"""
+import json, sys
+from pathlib import Path
+if sys.argv[1] == "dbt-core-seen":
+    import dagster_dbt
+import activation  # installs the finder; too late for a dagster-dbt already imported
+from dagster_dbt import DbtCliResource
+from activation.core.dbt_project import dbt_project
+from activation.resources import build_dbt_resource
+
+ours = build_dbt_resource()
+plain = DbtCliResource(
+    project_dir=dbt_project,
+    target=dbt_project.target,
+    dbt_executable=ours.dbt_executable,
+    global_config_flags=ours.global_config_flags,
+)
+without = ours.cli(["parse"], target_path=Path(sys.argv[2], "ours")).wait()
+after_ours = "dbt.adapters.factory" in sys.modules
+with_adapter = plain.cli(["parse"], target_path=Path(sys.argv[2], "plain")).wait()
+print(json.dumps({
+    "ours": [without.adapter is not None, without.is_successful()],
+    "plain": [with_adapter.adapter is not None, with_adapter.is_successful()],
+    "adapter_modules_after_ours": after_ours,
+}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["dbt-core-seen", "product"])
+def test_the_dbt_resource_runs_dbt_without_the_adapter_dagster_dbt_builds(
+    tmp_path: Path, mode: str
+) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text(ADAPTER_PROBE)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    probed = last_json(run_python(str(script), mode, str(tmp_path), env=env))
+    assert probed["ours"] == [False, True]  # no adapter, and dbt itself works the same
+    if mode == "product":  # with dbt-core seen, dagster-dbt imported its adapter modules itself
+        assert probed["adapter_modules_after_ours"] is False
+    assert probed["plain"] == [mode == "dbt-core-seen", True]
     assert (tmp_path / "ours" / "manifest.json").exists()
 
 
