@@ -11,7 +11,7 @@ resources bound once, and the quality gate computed once from the assembled grap
     defs/triggers    sensors that sync when upstream data lands
 
 Loaded lazily through `@dg.definitions`: importing this module does no dbt parse and no HTTP,
-and imports nothing Dagster has not (the modules that import dbt are imported by
+and imports nothing Dagster has not (the modules that import dagster-dbt are imported by
 `build_definitions`), so that in a run worker the step forkserver starts before they load
 (activation/core/step_forkserver.py).
 """

@@ -14,9 +14,9 @@ repeat, reporting the median:
   imports nothing heavy, so a run worker starts the step forkserver first; see
   activation/core/step_forkserver.py);
 - build: `build_definitions()` plus resolving the repository (the asset graph, jobs, checks),
-  which is what a code server does before it answers; includes importing dagster-dbt (and
-  dbt-core), dagster-airbyte and the concerns' modules, reading the manifest and the stored
-  Airbyte listing;
+  which is what a code server does before it answers; includes importing dagster-dbt (without
+  dbt-core: activation/dbt_out_of_process.py), dagster-airbyte and the concerns' modules,
+  reading the manifest and the stored Airbyte listing;
 - process: the whole child process, interpreter start and exit included.
 
 The generated project keeps the demo's sources, staging models and five marts (so every module

@@ -14,7 +14,7 @@ into the executor's config: the config names the variable (`{"env": ...}`) and D
 in the run worker when the run starts, so it is in no run record, tag or log.
 
 This module imports nothing heavy (`fan_out_executor` imports the executors when called): the
-code location reads the choice before it imports dbt (activation/core/step_forkserver.py).
+code location reads the choice before it imports dagster-dbt (activation/core/step_forkserver.py).
 
 Workers must run with the same Celery settings (`celery_worker_config`): the ones below change
 what a worker does when the process running a step dies, and only the worker can apply them.
