@@ -16,7 +16,9 @@ reports (dbt Core's here): the mode dagster-dbt has for dbt Fusion and for a dbt
 installed in another environment (`dbt_executable`). This product runs dbt only that way
 (`activation-dbt`, then the real dbt, in their own process), so it selects that mode: while
 `dagster_dbt.compat` executes, and only then, `dbt.version` cannot be imported. Nothing else
-changes: dbt-core stays importable by anything else, before and after.
+changes: dbt-core stays importable by anything else, before and after. (A second thread importing
+dbt-core during those few milliseconds would be refused too; nothing in this product imports
+dbt-core in its own processes.)
 
 `activation/__init__.py` installs the finder, so it is in place before any module of this
 package can import dagster-dbt. When dagster-dbt was imported before this package, it keeps the
