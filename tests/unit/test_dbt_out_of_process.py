@@ -60,8 +60,14 @@ def _load(folder: Path, mode: str) -> dict:
     return last_json(run_python(str(folder / "probe.py"), mode, env=env))
 
 
-def test_a_load_imports_no_dbt_core_and_leaves_it_importable(probe: Path) -> None:
-    loaded = _load(probe, "activation-first")
+@pytest.fixture(scope="module")
+def product_load(probe: Path) -> dict:
+    """A load as every Dagster process of this product makes it: this package first."""
+    return _load(probe, "activation-first")
+
+
+def test_a_load_imports_no_dbt_core_and_leaves_it_importable(product_load: dict) -> None:
+    loaded = product_load
     assert loaded["dbt_core_modules"] == []
     assert loaded["dbt_core_seen_by_dagster_dbt"] is False
     assert loaded["dbt_core_importable_after"]
@@ -70,8 +76,10 @@ def test_a_load_imports_no_dbt_core_and_leaves_it_importable(probe: Path) -> Non
     assert sum(1 for _, blocking in loaded["checks"] if blocking) > 20
 
 
-def test_the_same_assets_and_checks_as_with_dbt_core_imported(probe: Path) -> None:
-    without = _load(probe, "activation-first")
+def test_the_same_assets_and_checks_as_with_dbt_core_imported(
+    probe: Path, product_load: dict
+) -> None:
+    without = product_load
     with_dbt_core = _load(probe, "dagster-dbt-first")
     # The control: imported first, dagster-dbt loads dbt-core's adapter classes itself.
     assert with_dbt_core["dbt_core_seen_by_dagster_dbt"] is True
