@@ -35,10 +35,12 @@ from activation.core.sync_path import SyncOptions, sync_destination
 from activation.core.verdicts import PreSyncVerdict, SyncHeldBack, failed_rows_check_spec
 from activation.lib.destinations import (
     Destination,
+    launch_priority_tags,
     load_destinations,
     mart_asset_key,
     parse_destinations,
     sync_asset_key_for,
+    syncs_waiting_behind,
     validate_against_manifest_file,
 )
 from activation.resources import (
@@ -97,7 +99,9 @@ def sync_retry_policy() -> dg.RetryPolicy:
     )
 
 
-def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
+def build_sync_asset(destination: Destination, waiting_behind: int = 0) -> dg.AssetsDefinition:
+    """The sync asset of `destination`; `waiting_behind`: how many syncs wait on it in line
+    (`syncs_waiting_behind`), which launches its step before the run's other syncs."""
     key = sync_asset_key(destination)
     spec = dg.AssetSpec(
         key=key,
@@ -140,6 +144,7 @@ def build_sync_asset(destination: Destination) -> dg.AssetsDefinition:
         can_subset=True,
         pool=destination.pool,
         retry_policy=sync_retry_policy(),
+        op_tags=launch_priority_tags(waiting_behind),
     )
     def _sync(
         context: AssetExecutionContext,
@@ -206,4 +211,7 @@ class HightouchSyncs(dg.Component, dg.Resolvable, dg.Model):
         destinations = parse_destinations(path) if path else load_destinations()
         # A declared mart or mapped column the dbt project lacks fails loading, naming the field.
         validate_against_manifest_file(destinations, dbt_project.manifest_path, path)
-        return dg.Definitions(assets=[build_sync_asset(d) for d in destinations])
+        waiting_behind = syncs_waiting_behind(destinations)
+        return dg.Definitions(
+            assets=[build_sync_asset(d, waiting_behind[d.key]) for d in destinations]
+        )

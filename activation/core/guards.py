@@ -26,7 +26,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from activation.lib.destinations import Destination, load_destinations, mart_asset_key
+from activation.lib.destinations import (
+    Destination,
+    launch_priority_tags,
+    load_destinations,
+    mart_asset_key,
+)
 from activation.lib.warehouse import Session, WarehouseError, warehouse_connection
 
 GUARD_CHECK_PREFIX = "guard_"
@@ -288,7 +293,12 @@ def record_synced_snapshot(destination: Destination, path: Path | None = None) -
         return int(session.one(f"SELECT count(*) FROM {snapshot}")[0])
 
 
-def build_guard_check(destination: Destination) -> dg.AssetChecksDefinition:
+def build_guard_check(
+    destination: Destination, waiting_behind: int = 0
+) -> dg.AssetChecksDefinition:
+    """The guard of `destination`'s mart; `waiting_behind`: the longest line of syncs waiting on
+    the syncs it gates (`syncs_waiting_behind`), which launches its step before the run's other
+    checks."""
     limits = destination.guards.model_dump(exclude_defaults=True)
 
     @dg.asset_check(
@@ -298,6 +308,7 @@ def build_guard_check(destination: Destination) -> dg.AssetChecksDefinition:
         description=f"Before syncing {destination.key}: no duplicate or null primary keys, no "
         "nulls in required columns, and removed / changed rows since the last sync within "
         f"{limits or 'no declared limits'}.",
+        op_tags=launch_priority_tags(waiting_behind),
     )
     def _guard(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         with warehouse_connection(read_only=True) as session:

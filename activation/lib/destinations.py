@@ -436,6 +436,38 @@ def validate_against_manifest_file(
     validate_against_manifest(destinations, manifest, path or destinations_file())
 
 
+# Dagster's step priority tag (documented for ops and assets): the executors launch a run's ready
+# steps highest priority first, and pass it with the step's pool claim.
+PRIORITY_TAG = "dagster/priority"
+
+
+def syncs_waiting_behind(destinations: Sequence[Destination]) -> dict[str, int]:
+    """Each destination key -> the length of the longest line of syncs waiting on it through
+    `after` (directly or through others): 1 for Salesforce accounts, whose contacts wait on it;
+    0 for a destination nobody waits on."""
+    dependants: dict[str, list[str]] = {}
+    for destination in destinations:
+        for upstream in destination.after:
+            dependants.setdefault(upstream, []).append(destination.key)
+
+    @cache
+    def line(key: str) -> int:  # `after` has no cycles: the declaration refuses them
+        return max((1 + line(k) for k in dependants.get(key, ())), default=0)
+
+    return {d.key: line(d.key) for d in destinations}
+
+
+def launch_priority_tags(waiting_behind: int) -> dict[str, str]:
+    """Op tags that launch a step before the run's other ready steps when `waiting_behind`
+    syncs wait on it (`syncs_waiting_behind`); none otherwise.
+
+    Why: the steps a run makes ready together (six guard checks after dbt, then the syncs) start
+    in step-key order and share the cores. A sync others wait on, and the checks gating it, start
+    first instead, so the line of syncs behind it (Salesforce contacts after accounts, the
+    run's longest path) starts sooner; the run's other steps still start at once beside it."""
+    return {PRIORITY_TAG: str(waiting_behind)} if waiting_behind > 0 else {}
+
+
 @cache
 def load_destinations(path: Path | None = None) -> tuple[Destination, ...]:
     """The declaration in force (cached: it is read once per process)."""

@@ -1,5 +1,6 @@
 """A reviewed snapshot of the code location: assets (group, owners, deps), checks (blocking or
-not), jobs, sensors and the pool of every op that syncs, loaded with no sandbox and no Airbyte.
+not), jobs, sensors, and the pool and launch priority of every op that has one, loaded with no
+sandbox and no Airbyte.
 
 The location is loaded as a deployment would load it: the real-service variables set (pointing
 nowhere: nothing is called while loading), the stored Airbyte listing from tests/fixtures, and the
@@ -37,8 +38,13 @@ def describe(defs: dg.Definitions) -> str:
         lines.append(f"job {job.name} executor={job.executor_def.name}")
         for node in sorted(job.nodes, key=lambda n: n.name):
             pool = node.definition.pool if isinstance(node.definition, dg.OpDefinition) else None
-            if pool:
-                lines.append(f"  op {node.name} pool={pool}")
+            priority = node.definition.tags.get("dagster/priority")
+            if pool or priority:
+                lines.append(
+                    f"  op {node.name}"
+                    + (f" pool={pool}" if pool else "")
+                    + (f" priority={priority}" if priority else "")
+                )
     for sensor in sorted(defs.sensors or [], key=lambda s: s.name):
         lines.append(
             f"sensor {sensor.name} default={sensor.default_status.value} "

@@ -16,7 +16,9 @@ import yaml
 from activation.lib.destinations import (
     Destination,
     DestinationsFileError,
+    launch_priority_tags,
     parse_destinations,
+    syncs_waiting_behind,
     validate_against_manifest,
     validate_against_manifest_file,
 )
@@ -425,3 +427,25 @@ def test_a_detached_destination_that_another_runs_after_is_refused(tmp_path: Pat
     del document["destinations"][1]["after"]
     [accounts, *_] = parse_destinations(_write(tmp_path, document))
     assert accounts.wait == "detached"
+
+
+# -- launch priority: the head of a line of `after` syncs starts first ----------------------------
+
+
+def test_the_length_of_the_line_behind_each_sync_is_counted_through_after(tmp_path: Path) -> None:
+    document = _shipped()
+    by_key = {d["key"]: d for d in document["destinations"]}
+    # braze after hubspot, hubspot after iterable: a line of three beside accounts -> contacts.
+    by_key["braze_users"]["after"] = ["hubspot_contacts"]
+    by_key["hubspot_contacts"]["after"] = ["iterable_users"]
+    by_key["hubspot_contacts"]["wave"], by_key["braze_users"]["wave"] = 2, 3
+    destinations = parse_destinations(_write(tmp_path, document))
+    assert syncs_waiting_behind(destinations) == {
+        "salesforce_accounts": 1,
+        "salesforce_contacts": 0,
+        "iterable_users": 2,
+        "hubspot_contacts": 1,
+        "braze_users": 0,
+    }
+    assert launch_priority_tags(2) == {"dagster/priority": "2"}
+    assert launch_priority_tags(0) == {}

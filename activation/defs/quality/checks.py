@@ -15,7 +15,12 @@ import dagster as dg
 
 from activation.core.gate import build_blocked_sync_sensor
 from activation.core.guards import build_guard_check, fingerprint_metadata, mart_fingerprints
-from activation.lib.destinations import Destination, load_destinations, mart_asset_key
+from activation.lib.destinations import (
+    Destination,
+    load_destinations,
+    mart_asset_key,
+    syncs_waiting_behind,
+)
 from activation.lib.warehouse import warehouse_connection
 
 CONTACTS_MART = "mart_salesforce_contacts"
@@ -63,7 +68,13 @@ def contact_emails_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetChe
 def build_quality_definitions(destinations: tuple[Destination, ...]) -> dg.Definitions:
     """Guard checks per destination, the Python quality check, the sensor that pages for syncs
     a failed run blocked, and the `pagerduty` resource."""
-    checks = [build_guard_check(d) for d in destinations]
+    # A blocking check holds up every sync of its mart: its guard launches as early as the
+    # earliest of them needs.
+    waiting_behind = syncs_waiting_behind(destinations)
+    mart_priority: dict[str, int] = {}
+    for d in destinations:
+        mart_priority[d.mart] = max(mart_priority.get(d.mart, 0), waiting_behind[d.key])
+    checks = [build_guard_check(d, mart_priority[d.mart]) for d in destinations]
     if any(d.mart == CONTACTS_MART for d in destinations):
         checks.append(contact_emails_unique)
     return dg.Definitions(
