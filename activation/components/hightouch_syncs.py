@@ -29,13 +29,13 @@ from pydantic import Field
 
 from activation.core.contract import contract_check_spec, sync_column_metadata
 from activation.core.dbt_project import dbt_project
+from activation.core.executors import launch_priority_tags
 from activation.core.gate import gate_check_spec
 from activation.core.step_forkserver import STEP_PRELOAD_MODULES
 from activation.core.sync_path import SyncOptions, sync_destination
 from activation.core.verdicts import PreSyncVerdict, SyncHeldBack, failed_rows_check_spec
 from activation.lib.destinations import (
     Destination,
-    launch_priority_tags,
     load_destinations,
     mart_asset_key,
     parse_destinations,

@@ -95,6 +95,31 @@ def celery_worker_config() -> dict[str, Any]:
     return {"execution": {"config": celery_executor_config()}}
 
 
+# Dagster's step priority tag (documented for ops and assets): executors that launch steps
+# themselves (multiprocess, in-process, Kubernetes step jobs) start a run's ready steps highest
+# priority first.
+PRIORITY_TAG = "dagster/priority"
+
+
+def launch_priority_tags(waiting_behind: int) -> dict[str, str]:
+    """Op tags that launch a step before the run's other ready steps when `waiting_behind`
+    syncs wait on it in line (`activation.lib.destinations.syncs_waiting_behind`); none
+    otherwise, and none under Celery.
+
+    Why: the steps a run makes ready together (six guard checks after dbt, then the syncs) start
+    in step-key order and share the cores. A sync others wait on, and the check gating it, start
+    first instead, so the line of syncs behind it (Salesforce contacts after accounts, the run's
+    longest path) starts sooner; the run's other steps still start at once beside it.
+
+    Under Celery the workers take steps from the broker; dagster-celery ignores this tag and
+    warns about it in every run (it reads its own, which is also the broker message's priority),
+    so it is left off there.
+    """
+    if waiting_behind <= 0 or selected_executor() == "celery":
+        return {}
+    return {PRIORITY_TAG: str(waiting_behind)}
+
+
 def fan_out_executor() -> dg.ExecutorDefinition:
     """The executor of the jobs that run one sync step per destination."""
     if selected_executor() == "celery":

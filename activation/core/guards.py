@@ -26,12 +26,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from activation.lib.destinations import (
-    Destination,
-    launch_priority_tags,
-    load_destinations,
-    mart_asset_key,
-)
+from activation.core.executors import launch_priority_tags
+from activation.lib.destinations import Destination, load_destinations, mart_asset_key
 from activation.lib.warehouse import Session, WarehouseError, warehouse_connection
 
 GUARD_CHECK_PREFIX = "guard_"

@@ -436,11 +436,6 @@ def validate_against_manifest_file(
     validate_against_manifest(destinations, manifest, path or destinations_file())
 
 
-# Dagster's step priority tag (documented for ops and assets): the executors launch a run's ready
-# steps highest priority first, and pass it with the step's pool claim.
-PRIORITY_TAG = "dagster/priority"
-
-
 def syncs_waiting_behind(destinations: Sequence[Destination]) -> dict[str, int]:
     """Each destination key -> the length of the longest line of syncs waiting on it through
     `after` (directly or through others): 1 for Salesforce accounts, whose contacts wait on it;
@@ -455,17 +450,6 @@ def syncs_waiting_behind(destinations: Sequence[Destination]) -> dict[str, int]:
         return max((1 + line(k) for k in dependants.get(key, ())), default=0)
 
     return {d.key: line(d.key) for d in destinations}
-
-
-def launch_priority_tags(waiting_behind: int) -> dict[str, str]:
-    """Op tags that launch a step before the run's other ready steps when `waiting_behind`
-    syncs wait on it (`syncs_waiting_behind`); none otherwise.
-
-    Why: the steps a run makes ready together (six guard checks after dbt, then the syncs) start
-    in step-key order and share the cores. A sync others wait on, and the checks gating it, start
-    first instead, so the line of syncs behind it (Salesforce contacts after accounts, the
-    run's longest path) starts sooner; the run's other steps still start at once beside it."""
-    return {PRIORITY_TAG: str(waiting_behind)} if waiting_behind > 0 else {}
 
 
 @cache

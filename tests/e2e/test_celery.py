@@ -427,6 +427,8 @@ def test_activate_runs_its_steps_on_both_celery_workers(
         if event and event.is_step_start and event.pid != scenario.killed_pid:
             host = taken[entry.step_key or ""][-1].split("@")[0]
             assert event.pid in trees[host], f"{entry.step_key} ran outside {host}"
+    # No step carries the launch priority tag dagster-celery ignores (it warns in every run).
+    assert not [e.user_message for e in events if "dagster/priority" in e.user_message]
     # The broker's password reached neither the run's record nor its event log.
     password = world.environment[BROKER_VARIABLE].split(":")[2].split("@")[0]
     run = world.instance.get_run_by_id(scenario.run_id)

@@ -16,7 +16,6 @@ import yaml
 from activation.lib.destinations import (
     Destination,
     DestinationsFileError,
-    launch_priority_tags,
     parse_destinations,
     syncs_waiting_behind,
     validate_against_manifest,
@@ -447,5 +446,17 @@ def test_the_length_of_the_line_behind_each_sync_is_counted_through_after(tmp_pa
         "hubspot_contacts": 1,
         "braze_users": 0,
     }
+
+
+def test_the_launch_priority_tag_is_set_where_its_executor_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from activation.core.executors import BROKER_VARIABLE, EXECUTOR_VARIABLE, launch_priority_tags
+
+    monkeypatch.delenv(EXECUTOR_VARIABLE, raising=False)
     assert launch_priority_tags(2) == {"dagster/priority": "2"}
     assert launch_priority_tags(0) == {}
+    # dagster-celery ignores dagster/priority and warns about it in every run.
+    monkeypatch.setenv(EXECUTOR_VARIABLE, "celery")
+    monkeypatch.setenv(BROKER_VARIABLE, "redis://localhost:1/0")
+    assert launch_priority_tags(2) == {}
