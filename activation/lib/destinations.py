@@ -277,10 +277,7 @@ class DestinationsFile(BaseModel):
     def _resolve_waits(self) -> DestinationsFile:
         """A destination that another runs `after` must wait attached: its dependants read its
         materialization in the same run. `detached` there is refused, `auto` becomes attached."""
-        dependants: dict[str, list[str]] = {}
-        for destination in self.destinations:
-            for upstream in destination.after:
-                dependants.setdefault(upstream, []).append(destination.key)
+        dependants = declared_dependants(self.destinations)
         resolved = []
         for index, destination in enumerate(self.destinations):
             after_it = dependants.get(destination.key)
@@ -294,6 +291,16 @@ class DestinationsFile(BaseModel):
                 destination = destination.model_copy(update={"wait": "attached"})
             resolved.append(destination)
         return self.model_copy(update={"destinations": tuple(resolved)})
+
+
+def declared_dependants(destinations: Sequence[Destination]) -> dict[str, list[str]]:
+    """Each destination key -> the keys of the destinations that declare `after` it, in file
+    order (a destination nobody names is absent)."""
+    dependants: dict[str, list[str]] = {}
+    for destination in destinations:
+        for upstream in destination.after:
+            dependants.setdefault(upstream, []).append(destination.key)
+    return dependants
 
 
 def _refuse_duplicates(field: str, values: list[tuple[str, str]]) -> None:
@@ -440,10 +447,7 @@ def syncs_waiting_behind(destinations: Sequence[Destination]) -> dict[str, int]:
     """Each destination key -> the length of the longest line of syncs waiting on it through
     `after` (directly or through others): 1 for Salesforce accounts, whose contacts wait on it;
     0 for a destination nobody waits on."""
-    dependants: dict[str, list[str]] = {}
-    for destination in destinations:
-        for upstream in destination.after:
-            dependants.setdefault(upstream, []).append(destination.key)
+    dependants = declared_dependants(destinations)
 
     @cache
     def line(key: str) -> int:  # `after` has no cycles: the declaration refuses them
