@@ -238,7 +238,8 @@ class Destination(BaseModel):
 
     @property
     def pool(self) -> str:
-        """Dagster concurrency pool: two runs never sync the same destination at once."""
+        """Dagster concurrency pool: runs take turns syncing the destination (docs/deployment.md
+        notes the one race Dagster leaves open)."""
         return f"hightouch_{self.key}"
 
     @property
