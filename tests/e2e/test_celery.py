@@ -29,10 +29,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -52,6 +52,7 @@ from activation.core.sync_path import TRIGGER_MARK
 from activation.lib.destinations import load_destinations
 from activation.lib.paths import PROJECT_ROOT
 from activation.sandbox.launcher import SandboxProcess, start_sandbox
+from tests.support.polling import wait_for
 from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer, redis_or_skip, running_redis
 
@@ -65,7 +66,6 @@ SLOW_STEP = "activate__hubspot_contacts"
 SLOW_SECONDS = (
     25.0  # long enough, on a loaded machine, for the second run to start and wait for the pool
 )
-T = TypeVar("T")
 
 
 @dataclass
@@ -272,16 +272,6 @@ def _finish(process: subprocess.Popen[str]) -> str:
     return output
 
 
-def _wait(what: str, condition: Callable[[], T | None], timeout: float = 120) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what} within {timeout}s")
-
-
 def _worker_of_step(events: list[dg.EventLogEntry]) -> dict[str, list[str]]:
     """step key -> the Celery workers (node names) that took it, in order."""
     taken: dict[str, list[str]] = {}
@@ -338,7 +328,7 @@ def scenario(world: CeleryWorld) -> Scenario:
     world.sandbox.inject_fault(kind="run", sync_id=sync_id, running_seconds=SLOW_SECONDS)
     whole = world.launch(tag="whole")
     try:
-        run_id = _wait("the activate run exists", lambda: world.run_id("whole"))
+        run_id = wait_for("the activate run exists", lambda: world.run_id("whole"))
 
         def triggered() -> bool:
             # The killed attempt asked Hightouch (counted at the sandbox) and recorded the run.
@@ -360,10 +350,10 @@ def scenario(world: CeleryWorld) -> Scenario:
         # The executor claims the step's pool slot before it submits the step to Celery; from
         # then on, a second run of the same sync has to wait. Launched now, it exists (its CLI
         # loads the code location first) well before the slow sync ends.
-        _wait("the slow sync submitted to Celery", submitted)
+        wait_for("the slow sync submitted to Celery", submitted)
         pool_run = world.launch("-o", SLOW_STEP, tag="pool")
         try:
-            _wait("the slow sync triggered Hightouch", triggered)
+            wait_for("the slow sync triggered Hightouch", triggered)
             events = world.events(run_id)
             worker = _worker_of_step(events)[SLOW_STEP][0].split("@")[0]
             (start,) = _step_events(events, SLOW_STEP, dg.DagsterEventType.STEP_START)
@@ -372,15 +362,15 @@ def scenario(world: CeleryWorld) -> Scenario:
             assert pid is not None and pid in _child_tree(world.workers[worker].process.pid)
             assert pid != world.workers[worker].process.pid
             os.kill(pid, signal.SIGKILL)
-            pool_run_id = _wait("the pool run exists", lambda: world.run_id("pool"))
+            pool_run_id = wait_for("the pool run exists", lambda: world.run_id("pool"))
 
             def waiting() -> ConcurrencyKeyInfo | None:
                 info = world.instance.event_log_storage.get_concurrency_info(SLOW_SYNC.pool)
                 return info if pool_run_id in {p.run_id for p in info.pending_steps} else None
 
-            pool = _wait("the pool run waiting for the destination's pool", waiting)
+            pool = wait_for("the pool run waiting for the destination's pool", waiting)
             # Count once the slow sync succeeded; the pool run's step only starts after that.
-            _wait(
+            wait_for(
                 "the killed sync step to succeed",
                 lambda: _step_events(
                     world.events(run_id), SLOW_STEP, dg.DagsterEventType.STEP_SUCCESS

@@ -6,7 +6,6 @@ Real Dagster execution against the sandbox over HTTP; faults are injected in the
 from __future__ import annotations
 
 import multiprocessing
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from activation.lib.destinations import load_destinations
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult, run_chain
 from tests.support.chain_support import sandbox_chain
+from tests.support.polling import wait_for
 
 TOKEN = "fanout-test-token-58e0a7"
 ROUTING_KEYS = {
@@ -326,16 +326,6 @@ def _launch_resync(instance_ref: object, destination_key: str, go: object = None
         )
 
 
-def _wait_for(what: str, probe, timeout: float = 120.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_runs_against_one_destination_are_serialized_by_its_pool(world: World) -> None:
     """The second run asks for the destination's pool while the first holds it, and waits.
 
@@ -360,7 +350,7 @@ def test_two_runs_against_one_destination_are_serialized_by_its_pool(world: Worl
         return [s.run_id for s in storage.get_concurrency_info(destination.pool).claimed_slots]
 
     try:
-        [holder] = _wait_for("the first run to hold the pool", holders)
+        [holder] = wait_for("the first run to hold the pool", holders, interval=0.05)
         go.set()
         for process in (first, second):
             process.join(timeout=180)

@@ -3,7 +3,6 @@ test's own Hightouch token and webhook secret, stopped (and checked stopped) aft
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -11,6 +10,7 @@ from typing import TypeVar
 import pytest
 
 from activation.tooling.stack import Stack, running_stack
+from tests.support import polling
 
 T = TypeVar("T")
 
@@ -32,11 +32,10 @@ def e2e_stack(
 def wait_for(what: str, condition: Callable[[], T | None], timeout: float, stack: Stack) -> T:
     """`condition()` once it is truthy, polled every second; past `timeout`, an AssertionError
     with the tail of dagster dev's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    tail = stack.dagster.log()[-3000:]
-    raise AssertionError(f"{what} within {timeout}s; dagster log tail:\n{tail}")
+    return polling.wait_for(
+        what,
+        condition,
+        timeout,
+        interval=1,
+        details=lambda: f"dagster log tail:\n{stack.dagster.log()[-3000:]}",
+    )
