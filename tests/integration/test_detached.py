@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from activation.lib.paths import DEFAULT_DESTINATIONS_FILE, PROJECT_ROOT
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult
 from tests.support.gate_support import ROUTING_KEYS, TOKEN, chain_sandbox, launch, sync_key
+from tests.support.polling import wait_for
 
 SENSOR = "detached_sync_sensor"
 FAILED_ROWS = "failed_rows"
@@ -97,13 +98,7 @@ class Sensor:
             self.instance.report_runless_asset_event(event)
 
     def tick_until_events(self, timeout: float = 30.0) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.tick()
-            if events:
-                return events
-            time.sleep(0.5)
-        raise AssertionError(f"no detached run ended within {timeout}s")
+        return wait_for("a detached run to end", self.tick, timeout, interval=0.5)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Tick and store until no detached run is in flight."""
@@ -185,14 +180,6 @@ def hightouch_run(sandbox: SandboxProcess, sync_id: str, run_id: str) -> dict:
     )
     response.raise_for_status()
     return response.json()["data"][0]
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -361,10 +348,11 @@ def test_a_daemon_restart_while_five_detached_runs_are_in_flight_loses_none_and_
     daemon = Daemon(instance, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(
-            "the daemon did not evaluate detached_sync_sensor",
+        wait_for(
+            "the daemon to evaluate detached_sync_sensor",
             lambda: SENSOR in daemon.log(),
             60,
+            interval=0.5,
         )
         step = launch(instance, *(sync_key(d.key) for d in destinations))
         assert step.success
@@ -382,17 +370,18 @@ def test_a_daemon_restart_while_five_detached_runs_are_in_flight_loses_none_and_
             return hightouch_run(sandbox, sync_id, in_flight[key])["status"] not in IN_FLIGHT
 
         early = [d.key for d in destinations if d.key not in late]
-        wait_until("the early runs did not end", lambda: all(ended(k) for k in early), 30)
+        wait_for("the early runs to end", lambda: all(ended(k) for k in early), 30, interval=0.5)
         ended_while_down = {d.key for d in destinations if ended(d.key)}
         daemon.start()
 
         def reported(key: str) -> bool:
             return bool(failed_rows_evaluations(instance, sync_key(key), in_flight[key]))
 
-        wait_until(
-            "the daemon did not report every detached run",
+        wait_for(
+            "the daemon to report every detached run",
             lambda: all(reported(d.key) for d in destinations),
             60,
+            interval=0.5,
         )
     finally:
         daemon.kill()

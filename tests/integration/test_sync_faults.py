@@ -8,7 +8,6 @@ event log or in the captured logs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from activation.resources import HightouchResource
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import run_chain
 from tests.support.chain_support import sandbox_chain
+from tests.support.polling import wait_for
 
 TOKEN = "fault-test-token-3b7d91ce"
 DESTINATION = next(d for d in load_destinations() if d.key == "iterable_users")
@@ -76,18 +76,17 @@ def _rows(folder: Path, mart: str) -> int:
 def _no_faults_left(world: World) -> Iterator[None]:
     yield
     httpx.delete(world.sandbox.url + "/sandbox/faults").raise_for_status()
+
     # A run left going (the poll-timeout case) must not deliver rows into the next test.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def none_in_flight() -> bool:
         runs = httpx.get(
             f"{world.sandbox.url}{SANDBOX_HIGHTOUCH_PREFIX}/syncs/{SYNC_ID}/runs",
             params={"limit": 5},
             headers={"Authorization": f"Bearer {TOKEN}"},
         ).json()["data"]
-        if all(run["status"] not in IN_FLIGHT for run in runs):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"a run of sync {SYNC_ID} is still going after 30 s")
+        return all(run["status"] not in IN_FLIGHT for run in runs)
+
+    wait_for(f"every run of sync {SYNC_ID} to end", none_in_flight, 30, interval=0.2)
 
 
 def inject(world: World, **spec: object) -> None:

@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ import httpx
 
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling import cli
+from tests.support.polling import wait_for
 
 _APPROVE = re.compile(
     r"activation approve (?P<run>\S+) --reviewer YOUR_NAME --code (?P<code>\S+) "
@@ -51,16 +51,17 @@ def wait_for_invitation(
     sandbox: SandboxProcess, timeout: float = 60.0, skip: frozenset[str] = frozenset()
 ) -> Invitation:
     """The first review message in the Slack sink whose promote run is not in `skip`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def invitation() -> Invitation | None:
         for message in sandbox.notifications("slack"):
             match = _APPROVE.search(message["body"].get("text", ""))
             if match and match["run"] not in skip:
                 return Invitation(
                     match["run"], match["code"], match["staging"], message["body"]["text"]
                 )
-        time.sleep(0.1)
-    raise AssertionError("no review message reached the Slack sink")
+        return None
+
+    return wait_for("a review message in the Slack sink", invitation, timeout, interval=0.1)
 
 
 def run_cli(home: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -276,13 +277,15 @@ class SlackStandIn:
     def wait_for_ephemeral(
         self, user_id: str, contains: str, timeout: float = 30.0
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for answer in self.ephemeral(user_id):
-                if contains in answer.get("text", ""):
-                    return answer
-            time.sleep(0.1)
-        raise AssertionError(f"no ephemeral answer to {user_id} containing {contains!r}")
+        def answer() -> dict[str, Any] | None:
+            return next((a for a in self.ephemeral(user_id) if contains in a.get("text", "")), None)
+
+        return wait_for(
+            f"an ephemeral answer to {user_id} containing {contains!r}",
+            answer,
+            timeout,
+            interval=0.1,
+        )
 
 
 def button_binding(message: dict[str, Any]) -> dict[str, Any] | None:
