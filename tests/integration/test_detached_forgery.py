@@ -46,9 +46,9 @@ from tests.integration.test_detached import (
     hightouch_run,
     materializations,
     pages,
-    wait_until,
 )
 from tests.support.gate_support import TOKEN, chain_sandbox, launch, sync_key
+from tests.support.polling import wait_for
 
 ATTACHED = "iterable_users"
 
@@ -113,10 +113,11 @@ def _run_outside_dagster(sandbox: SandboxProcess, sync_id: str) -> str:
     )
     response.raise_for_status()
     run_id = str(response.json()["id"])
-    wait_until(
-        "the run did not succeed",
+    wait_for(
+        "the run to succeed",
         lambda: hightouch_run(sandbox, sync_id, run_id)["status"] == "success",
         30,
+        interval=0.5,
     )
     return run_id
 
