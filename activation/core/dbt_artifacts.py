@@ -1,4 +1,5 @@
-"""How many runs' dbt artifacts stay on disk.
+"""The dbt build's target folders: where each one goes, what it starts with, and how many stay
+on disk.
 
 dagster-dbt gives every `dbt build` of a run its own target folder,
 `<dbt target>/dbt_build-<run id prefix>-<random>/`, so a run's artifacts (dbt.log, the compiled
@@ -19,10 +20,12 @@ runs. It never removes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from activation.lib.environment import MissingSettingError
@@ -32,6 +35,38 @@ DEFAULT_KEPT = 50
 IN_PROGRESS_SECONDS = 3600.0
 # dagster-dbt: f"{op name}-{run_id[:7]}-{str(uuid4())[:7]}"; run ids and uuids are lower-case hex.
 _INVOCATION_FOLDER = re.compile(r"^(?P<op>[A-Za-z0-9_]+)-[0-9a-f]{7}-[0-9a-f]{7}$")
+
+
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+
+
+def seeded_build_folder(
+    project_dir: Path, prepared_target: Path, op_name: str, run_id: str
+) -> Path:
+    """A new target folder for one dbt build, named and placed as dagster-dbt places its own
+    (`<$DBT_TARGET_PATH or target>/<op>-<run id[:7]>-<7 random>`), holding a copy of the
+    partial parse that `activation prepare` wrote into `prepared_target`.
+
+    dagster-dbt copies a partial parse into each build's folder only from `target/` (or
+    `$DBT_TARGET_PATH`). That is where `activation prepare` wrote it only for the default duckdb
+    target: for postgres (`target/postgres/`), and in a process with its own
+    ACTIVATION_DBT_TARGET_PATH (each test worker), dbt found none and parsed the whole project
+    again on every build, about 3.5 s of CPU. dbt checks the copy before it uses it (profile,
+    variables, every file's hash) and parses in full when anything differs, so a stale copy
+    costs time, never a wrong manifest.
+    """
+    base = Path(os.environ.get("DBT_TARGET_PATH", "").strip() or "target")
+    folder = (base if base.is_absolute() else project_dir / base) / (
+        f"{op_name}-{run_id[:7]}-{str(uuid.uuid4())[:7]}"
+    )
+    folder.mkdir(parents=True, exist_ok=False)
+    prepared = (
+        prepared_target if prepared_target.is_absolute() else project_dir / prepared_target
+    ) / PARTIAL_PARSE_FILE
+    # Nothing prepared for this target: dbt parses in full, as it would have anyway.
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copyfile(prepared, folder / PARTIAL_PARSE_FILE)
+    return folder
 
 
 class ArtifactSettingError(MissingSettingError):

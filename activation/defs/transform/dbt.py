@@ -25,7 +25,12 @@ import dagster as dg
 from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from activation.core.dbt_artifacts import KEPT_VARIABLE, prune_earlier_builds, runs_kept
+from activation.core.dbt_artifacts import (
+    KEPT_VARIABLE,
+    prune_earlier_builds,
+    runs_kept,
+    seeded_build_folder,
+)
 from activation.core.dbt_project import dbt_project
 from activation.lib.destinations import mart_asset_key
 
@@ -304,7 +309,13 @@ def build_dbt_assets() -> dg.AssetsDefinition:
         # has exited: those results wait until then, and dbt's error is raised after them.
         held: list[CheckEvent] = []
         kept = runs_kept()  # a malformed setting fails the step here, before dbt runs
-        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        folder = seeded_build_folder(
+            dbt_project.project_dir,
+            dbt_project.target_path,
+            context.op_execution_context.op.name,
+            context.run.run_id,
+        )
+        invocation = dbt.cli(["build"], context=context, target_path=folder, raise_on_error=False)
         for event in invocation.stream():
             if _held_until_dbt_exits(event):
                 held.append(event)
