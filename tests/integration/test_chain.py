@@ -22,6 +22,7 @@ from activation.tooling.demo import (
     run_chain,
     sandbox_environment,
 )
+from tests.support.warehouse_path import stable_data_dir
 
 TOKEN = "chain-test-token-5f1c2b9e"
 
@@ -31,7 +32,10 @@ def chain_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxP
     folder = tmp_path_factory.mktemp("chain") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
+        with (
+            stable_data_dir(folder) as data,
+            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
+        ):
             prepare_code_location()
             yield sandbox
 

@@ -16,6 +16,7 @@ from activation.tooling.demo import (
     run_chain,
     sandbox_environment,
 )
+from tests.support.warehouse_path import stable_data_dir
 
 ROWS = 300
 UNIQUE_CUSTOMER_ID = "unique_stg_customers_customer_id"
@@ -28,7 +29,10 @@ def failing_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
     folder = tmp_path_factory.mktemp("failing_rows") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", "failing-rows-test-token")
-        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box:
+        with (
+            stable_data_dir(folder) as data,
+            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box,
+        ):
             prepare_code_location()
             yield box
 

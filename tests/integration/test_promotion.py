@@ -57,6 +57,7 @@ from tests.support.promotion_helpers import (
     step_metadata,
 )
 from tests.support.sandbox_marts import reset
+from tests.support.warehouse_path import stable_data_dir
 
 TOKEN = "promotion-test-token-7d3e91aa"
 STAGING_SYNC_ID = "403"  # salesforce_contacts' staging twin, declared in destinations.yaml
@@ -90,7 +91,10 @@ def promo_sandbox(
         for name, value in ROUTING_KEYS.items():
             patch.setenv(name, value)
         load_destinations.cache_clear()
-        with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
+        with (
+            stable_data_dir(folder) as data,
+            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
+        ):
             prepare_code_location()
             check_marts(instance)
             yield sandbox

@@ -25,6 +25,7 @@ from activation.defs.triggers.webhook_events import build_webhook_event_sensor
 from activation.lib.destinations import load_destinations
 from activation.tooling.stack import start_airbyte_job, wait_for_airbyte_job
 from activation.webhooks import store
+from tests.support.warehouse_path import stable_data_dir
 
 DESTINATION = next(d for d in load_destinations() if d.key == "salesforce_contacts")
 MART = dg.AssetKey(["marts", DESTINATION.mart])
@@ -249,7 +250,10 @@ def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     folder = tmp_path_factory.mktemp("airbyte_sensor") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", "airbyte-sensor-test-token")
-        with sandbox_environment(folder, "--phase-seconds", "0.3", "--rows", "50") as sandbox:
+        with (
+            stable_data_dir(folder) as data,
+            sandbox_environment(data, "--phase-seconds", "0.3", "--rows", "50") as sandbox,
+        ):
             prepare_code_location()
             from activation.definitions import build_definitions
 

@@ -13,6 +13,7 @@ import pytest
 
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import prepare_code_location, sandbox_environment
+from tests.support.warehouse_path import stable_data_dir
 
 QUICK_SANDBOX = ("--phase-seconds", "0.05", "--rows", "300")
 
@@ -33,7 +34,7 @@ def sandbox_chain(
     with pytest.MonkeyPatch.context() as patch:
         for variable, value in env.items():
             patch.setenv(variable, value)
-        with sandbox_environment(folder, *QUICK_SANDBOX) as sandbox:
+        with stable_data_dir(folder) as data, sandbox_environment(data, *QUICK_SANDBOX) as sandbox:
             prepare_code_location()
             home = factory.mktemp(f"{name}_home")
             with dg.instance_for_test(temp_dir=str(home)) as instance:

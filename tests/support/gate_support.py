@@ -14,6 +14,7 @@ import pytest
 from activation.lib.destinations import load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import prepare_code_location, sandbox_environment
+from tests.support.warehouse_path import stable_data_dir
 
 ROUTING_KEYS = {
     "PAGERDUTY_ROUTING_KEY_REVENUE_OPS": "revops" + secrets.token_hex(13),
@@ -35,7 +36,10 @@ def chain_sandbox(folder: Path, destinations_file: Path | None = None) -> Iterat
             patch.setenv("ACTIVATION_DESTINATIONS_FILE", str(destinations_file))
         load_destinations.cache_clear()
         try:
-            with sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as box:
+            with (
+                stable_data_dir(folder) as data,
+                sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as box,
+            ):
                 prepare_code_location()
                 yield box
         finally:
