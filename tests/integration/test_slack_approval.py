@@ -65,6 +65,7 @@ from tests.support.promotion_helpers import (
     signed_headers,
     step_metadata,
 )
+from tests.support.warehouse_path import stable_data_dir
 
 SIGNING_SECRET = "slack-signing-secret-test-0b7d4e"
 BOT_TOKEN = "xoxb-slack-bot-token-test-61c2f9"
@@ -134,7 +135,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         load_destinations.cache_clear()
         with (
             dg.instance_for_test(temp_dir=str(home)) as instance,
-            sandbox_environment(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
+            stable_data_dir(folder) as data,
+            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
         ):
             env = {**os.environ, "ACTIVATION_WEBHOOK_SECRET": WEBHOOK_SECRET}
             intake = start_intake(port, env, root / "intake.log")

@@ -10,6 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.support.warehouse_path import stable_data_dir
+
 HERE = Path(__file__).resolve().parent
 LISTING = HERE.parent / "fixtures" / "airbyte_listing.json"
 # Real-service settings that point nowhere: loading must not call any of them.
@@ -27,9 +29,9 @@ def location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.Definition
     from activation.lib.destinations import load_destinations
     from activation.tooling.demo import prepare_dbt_manifest
 
-    data = tmp_path_factory.mktemp("snapshot_data")
-    shutil.copy(LISTING, data / "airbyte_listing.json")
-    with pytest.MonkeyPatch.context() as patch:
+    folder = tmp_path_factory.mktemp("snapshot_data")
+    shutil.copy(LISTING, folder / "airbyte_listing.json")
+    with stable_data_dir(folder) as data, pytest.MonkeyPatch.context() as patch:
         patch.delenv("ACTIVATION_SANDBOX_URL", raising=False)
         patch.setenv("ACTIVATION_DATA_DIR", str(data))
         for name, value in NOWHERE.items():

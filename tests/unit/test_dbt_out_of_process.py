@@ -16,6 +16,7 @@ import pytest
 
 from activation.lib.paths import PROJECT_ROOT
 from tests.support.child_process import last_json, run_python
+from tests.support.warehouse_path import stable_data_dir
 from tests.unit.conftest import LISTING, NOWHERE
 
 PROBE = r"""
@@ -49,7 +50,10 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("dbt_out_of_process")
     shutil.copy(LISTING, folder / "airbyte_listing.json")
-    prepare_dbt_manifest()
+    # Named as the other modules name their warehouse, so dbt's parse carries over.
+    with stable_data_dir(folder) as data_dir, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACTIVATION_DATA_DIR", str(data_dir))
+        prepare_dbt_manifest()
     (folder / "probe.py").write_text(PROBE)
     return folder
 
