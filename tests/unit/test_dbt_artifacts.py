@@ -13,9 +13,11 @@ from activation.core.dbt_artifacts import (
     DEFAULT_KEPT,
     IN_PROGRESS_SECONDS,
     KEPT_VARIABLE,
+    PARTIAL_PARSE_FILE,
     ArtifactSettingError,
     prune_earlier_builds,
     runs_kept,
+    seeded_build_folder,
 )
 
 NOW = time.time()
@@ -128,3 +130,45 @@ def test_a_malformed_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv(KEPT_VARIABLE, raw)
     with pytest.raises(ArtifactSettingError, match=f"{KEPT_VARIABLE}={raw!r}"):
         runs_kept()
+
+
+# -- seeded_build_folder ---------------------------------------------------------------------------
+
+
+def _prepared(project: Path, target: str) -> bytes:
+    folder = project / target
+    folder.mkdir(parents=True)
+    state = os.urandom(64)
+    (folder / PARTIAL_PARSE_FILE).write_bytes(state)
+    return state
+
+
+def test_a_build_folder_holds_its_targets_prepared_parse_and_is_named_as_dagster_dbt_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    duckdb_state = _prepared(tmp_path, "target")
+    postgres_state = _prepared(tmp_path, "target/postgres")
+
+    folder = seeded_build_folder(tmp_path, Path("target/postgres"), "dbt_build", "0123456789abc")
+
+    assert folder.parent == tmp_path / "target"  # beside dagster-dbt's own, whatever the target
+    assert folder.name.startswith("dbt_build-0123456-")
+    assert (folder / PARTIAL_PARSE_FILE).read_bytes() == postgres_state != duckdb_state
+    # The step's own pruning knows it as one of its builds.
+    assert prune_earlier_builds(folder, kept=1) == []
+    assert seeded_build_folder(tmp_path, Path("target/postgres"), "dbt_build", "0123456789abc") != (
+        folder
+    )
+
+
+def test_a_build_folder_follows_dbt_target_path_and_starts_empty_when_nothing_was_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("DBT_TARGET_PATH", str(elsewhere))
+
+    folder = seeded_build_folder(tmp_path, Path("target/gw9"), "dbt_build", "fedcba9876543")
+
+    assert folder.parent == elsewhere
+    assert folder.is_dir() and not (folder / PARTIAL_PARSE_FILE).exists()  # dbt parses in full
