@@ -20,9 +20,8 @@ from activation.tooling.demo import (
     ChainResult,
     prepare_code_location,
     run_chain,
-    sandbox_environment,
 )
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import worker_sandbox
 
 TOKEN = "chain-test-token-5f1c2b9e"
 
@@ -32,10 +31,7 @@ def chain_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxP
     folder = tmp_path_factory.mktemp("chain") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", TOKEN)
-        with (
-            stable_data_dir(folder) as data,
-            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
-        ):
+        with worker_sandbox(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
             prepare_code_location()
             yield sandbox
 

@@ -14,9 +14,8 @@ from activation.tooling.demo import (
     ChainResult,
     prepare_code_location,
     run_chain,
-    sandbox_environment,
 )
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import worker_sandbox
 
 ROWS = 300
 UNIQUE_CUSTOMER_ID = "unique_stg_customers_customer_id"
@@ -29,10 +28,7 @@ def failing_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
     folder = tmp_path_factory.mktemp("failing_rows") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", "failing-rows-test-token")
-        with (
-            stable_data_dir(folder) as data,
-            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box,
-        ):
+        with worker_sandbox(folder, "--phase-seconds", "0.05", "--rows", str(ROWS)) as box:
             prepare_code_location()
             yield box
 

@@ -38,7 +38,7 @@ from activation.lib.review_messages import ADAPTIVE_CARD_CONTENT_TYPE, RunSummar
 from activation.resources import build_teams_resource
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling import cli as activation_cli
-from activation.tooling.demo import prepare_code_location, sandbox_environment
+from activation.tooling.demo import prepare_code_location
 from tests.support.gate_support import ROUTING_KEYS
 from tests.support.promotion_helpers import (
     PRODUCTION_STEP,
@@ -57,7 +57,7 @@ from tests.support.promotion_helpers import (
     step_metadata,
 )
 from tests.support.sandbox_marts import reset
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import worker_sandbox
 
 TOKEN = "promotion-test-token-7d3e91aa"
 STAGING_SYNC_ID = "403"  # salesforce_contacts' staging twin, declared in destinations.yaml
@@ -91,10 +91,7 @@ def promo_sandbox(
         for name, value in ROUTING_KEYS.items():
             patch.setenv(name, value)
         load_destinations.cache_clear()
-        with (
-            stable_data_dir(folder) as data,
-            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
-        ):
+        with worker_sandbox(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox:
             prepare_code_location()
             check_marts(instance)
             yield sandbox

@@ -25,7 +25,7 @@ from activation.defs.triggers.webhook_events import build_webhook_event_sensor
 from activation.lib.destinations import load_destinations
 from activation.tooling.stack import start_airbyte_job, wait_for_airbyte_job
 from activation.webhooks import store
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import worker_sandbox
 
 DESTINATION = next(d for d in load_destinations() if d.key == "salesforce_contacts")
 MART = dg.AssetKey(["marts", DESTINATION.mart])
@@ -245,15 +245,12 @@ def test_webhook_sensor_serves_pending_events_in_one_run_and_none_on_repeat(
 
 @pytest.fixture(scope="module")
 def airbyte_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    from activation.tooling.demo import prepare_code_location, sandbox_environment
+    from activation.tooling.demo import prepare_code_location
 
     folder = tmp_path_factory.mktemp("airbyte_sensor") / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HIGHTOUCH_API_TOKEN", "airbyte-sensor-test-token")
-        with (
-            stable_data_dir(folder) as data,
-            sandbox_environment(data, "--phase-seconds", "0.3", "--rows", "50") as sandbox,
-        ):
+        with worker_sandbox(folder, "--phase-seconds", "0.3", "--rows", "50") as sandbox:
             prepare_code_location()
             from activation.definitions import build_definitions
 

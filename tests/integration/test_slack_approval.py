@@ -46,7 +46,7 @@ from activation.lib.destinations import load_destinations
 from activation.lib.environment import SANDBOX_SLACK_WEBHOOK_PATH
 from activation.lib.review_messages import ButtonBinding, RunSummary
 from activation.sandbox.launcher import SandboxProcess, free_port
-from activation.tooling.demo import prepare_code_location, sandbox_environment
+from activation.tooling.demo import prepare_code_location
 from activation.tooling.stack import Process, start_intake
 from activation.webhooks import slack, slack_store
 from activation.webhooks.signatures import Rejection
@@ -65,7 +65,7 @@ from tests.support.promotion_helpers import (
     signed_headers,
     step_metadata,
 )
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import worker_sandbox
 
 SIGNING_SECRET = "slack-signing-secret-test-0b7d4e"
 BOT_TOKEN = "xoxb-slack-bot-token-test-61c2f9"
@@ -135,8 +135,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         load_destinations.cache_clear()
         with (
             dg.instance_for_test(temp_dir=str(home)) as instance,
-            stable_data_dir(folder) as data,
-            sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
+            worker_sandbox(folder, "--phase-seconds", "0.05", "--rows", "300") as sandbox,
         ):
             env = {**os.environ, "ACTIVATION_WEBHOOK_SECRET": WEBHOOK_SECRET}
             intake = start_intake(port, env, root / "intake.log")

@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from activation.sandbox.launcher import SandboxProcess
-from activation.tooling.demo import prepare_code_location, sandbox_environment
-from tests.support.warehouse_path import stable_data_dir
+from activation.tooling.demo import prepare_code_location
+from tests.support.warehouse_path import worker_sandbox
 
 QUICK_SANDBOX = ("--phase-seconds", "0.05", "--rows", "300")
 
@@ -34,7 +34,7 @@ def sandbox_chain(
     with pytest.MonkeyPatch.context() as patch:
         for variable, value in env.items():
             patch.setenv(variable, value)
-        with stable_data_dir(folder) as data, sandbox_environment(data, *QUICK_SANDBOX) as sandbox:
+        with worker_sandbox(folder, *QUICK_SANDBOX) as sandbox:
             prepare_code_location()
             home = factory.mktemp(f"{name}_home")
             with dg.instance_for_test(temp_dir=str(home)) as instance:

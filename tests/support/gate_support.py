@@ -13,8 +13,8 @@ import pytest
 
 from activation.lib.destinations import load_destinations, sync_asset_key_for
 from activation.sandbox.launcher import SandboxProcess
-from activation.tooling.demo import prepare_code_location, sandbox_environment
-from tests.support.warehouse_path import stable_data_dir
+from activation.tooling.demo import prepare_code_location
+from tests.support.warehouse_path import worker_sandbox
 
 ROUTING_KEYS = {
     "PAGERDUTY_ROUTING_KEY_REVENUE_OPS": "revops" + secrets.token_hex(13),
@@ -36,10 +36,7 @@ def chain_sandbox(folder: Path, destinations_file: Path | None = None) -> Iterat
             patch.setenv("ACTIVATION_DESTINATIONS_FILE", str(destinations_file))
         load_destinations.cache_clear()
         try:
-            with (
-                stable_data_dir(folder) as data,
-                sandbox_environment(data, "--phase-seconds", "0.05", "--rows", "300") as box,
-            ):
+            with worker_sandbox(folder, "--phase-seconds", "0.05", "--rows", "300") as box:
                 prepare_code_location()
                 yield box
         finally:
@@ -48,6 +45,14 @@ def chain_sandbox(folder: Path, destinations_file: Path | None = None) -> Iterat
 
 def sync_key(destination_key: str) -> dg.AssetKey:
     return sync_asset_key_for(destination_key)
+
+
+def transform_and_its_sources(definitions: dg.Definitions) -> list[dg.AssetKey]:
+    """The dbt models and the Airbyte streams they read: a rebuild upstream of every sync."""
+    from activation.defs.transform.dbt import TRANSFORM_GROUP
+
+    selection = dg.AssetSelection.groups(TRANSFORM_GROUP).upstream()
+    return sorted(selection.resolve(definitions.resolve_asset_graph()))
 
 
 def launch(

@@ -21,6 +21,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from activation.sandbox.launcher import SandboxProcess
 
 _held = False
 
@@ -50,3 +56,22 @@ def stable_data_dir(folder: Path) -> Iterator[Path]:
         yield link
     finally:
         _held = False
+
+
+@contextmanager
+def worker_sandbox(folder: Path, *sandbox_args: str) -> Iterator[SandboxProcess]:
+    """`sandbox_environment` on `folder`, its warehouse named through the worker's link."""
+    # Imported here, as the unit modules import the code location: only when a fixture needs it.
+    from activation.tooling.demo import sandbox_environment
+
+    with stable_data_dir(folder) as data, sandbox_environment(data, *sandbox_args) as sandbox:
+        yield sandbox
+
+
+def prepare_manifest_in(folder: Path) -> None:
+    """`activation prepare`'s dbt parse with the warehouse in `folder`, named through the link."""
+    from activation.tooling.demo import prepare_dbt_manifest
+
+    with stable_data_dir(folder) as data, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACTIVATION_DATA_DIR", str(data))
+        prepare_dbt_manifest()

@@ -16,7 +16,7 @@ import pytest
 
 from activation.lib.paths import PROJECT_ROOT
 from tests.support.child_process import last_json, run_python
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import prepare_manifest_in
 from tests.unit.conftest import LISTING, NOWHERE
 
 PROBE = r"""
@@ -46,14 +46,10 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from activation.tooling.demo import prepare_dbt_manifest
 
     folder = tmp_path_factory.mktemp("dbt_out_of_process")
     shutil.copy(LISTING, folder / "airbyte_listing.json")
-    # Named as the other modules name their warehouse, so dbt's parse carries over.
-    with stable_data_dir(folder) as data_dir, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACTIVATION_DATA_DIR", str(data_dir))
-        prepare_dbt_manifest()
+    prepare_manifest_in(folder)
     (folder / "probe.py").write_text(PROBE)
     return folder
 

@@ -18,7 +18,7 @@ import pytest
 
 from activation.lib.paths import PROJECT_ROOT
 from tests.support.child_process import last_json, run_python
-from tests.support.warehouse_path import stable_data_dir
+from tests.support.warehouse_path import prepare_manifest_in
 from tests.unit.conftest import LISTING, NOWHERE
 
 PROBE = r'''
@@ -88,14 +88,10 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def probe_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from activation.tooling.demo import prepare_dbt_manifest
 
     data = tmp_path_factory.mktemp("forkserver_data")
     shutil.copy(LISTING, data / "airbyte_listing.json")
-    # Named as the other modules name their warehouse, so dbt's parse carries over.
-    with stable_data_dir(data) as data_dir, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ACTIVATION_DATA_DIR", str(data_dir))
-        prepare_dbt_manifest()
+    prepare_manifest_in(data)
     env = {k: v for k, v in os.environ.items() if k != "ACTIVATION_SANDBOX_URL"}
     env.update(NOWHERE, ACTIVATION_DATA_DIR=str(data), DO_NOT_TRACK="1")
     env.pop("ACTIVATION_EXECUTOR", None)
