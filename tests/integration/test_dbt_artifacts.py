@@ -14,9 +14,13 @@ import dagster as dg
 import pytest
 
 from activation.core.dbt_artifacts import KEPT_VARIABLE, PARTIAL_PARSE_FILE
-from activation.defs.transform.dbt import TRANSFORM_GROUP
 from activation.sandbox.launcher import SandboxProcess
-from tests.support.gate_support import chain_sandbox, launch, step_failures
+from tests.support.gate_support import (
+    chain_sandbox,
+    launch,
+    step_failures,
+    transform_and_its_sources,
+)
 
 DBT_STEP = "dbt_build"
 
@@ -45,11 +49,6 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, definitions: dg.Defi
     return folder
 
 
-def _transform_and_its_sources(definitions: dg.Definitions) -> list[dg.AssetKey]:
-    selection = dg.AssetSelection.groups(TRANSFORM_GROUP).upstream()
-    return sorted(selection.resolve(definitions.resolve_asset_graph()))
-
-
 def _earlier_build(target: Path, name: str, hours_ago: float) -> Path:
     folder = target / name
     folder.mkdir()
@@ -72,7 +71,7 @@ def test_a_build_removes_earlier_builds_beyond_the_newest_kept(
         for n, hours_ago in ((1, 2), (2, 3), (3, 4))
     )
 
-    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+    result = launch(instance, *transform_and_its_sources(definitions), definitions=definitions)
 
     assert result.success, step_failures(result)
     built = [p for p in target.iterdir() if p.name.startswith(f"{DBT_STEP}-{result.run_id[:7]}-")]
@@ -94,7 +93,7 @@ def test_a_malformed_setting_fails_the_step_before_dbt_runs(
     monkeypatch.setenv(KEPT_VARIABLE, "all of them")
     earlier = _earlier_build(target, f"{DBT_STEP}-5555555-abcdef0", hours_ago=9)
 
-    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+    result = launch(instance, *transform_and_its_sources(definitions), definitions=definitions)
 
     assert not result.success
     failures = {f.step: f.description for f in step_failures(result)}
@@ -126,7 +125,7 @@ def test_artifacts_that_cannot_be_listed_never_fail_a_good_build(
     monkeypatch.setenv(KEPT_VARIABLE, "1")
     monkeypatch.setattr(Path, "iterdir", refuse_the_target)
 
-    result = launch(instance, *_transform_and_its_sources(definitions), definitions=definitions)
+    result = launch(instance, *transform_and_its_sources(definitions), definitions=definitions)
 
     assert result.success, step_failures(result)
     assert earlier.exists()

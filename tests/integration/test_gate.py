@@ -27,8 +27,6 @@ from activation.core.gate import (
 )
 from activation.core.guards import FINGERPRINT_METADATA, Fingerprint
 from activation.dagster_api import check_history, run_location
-from activation.defs.ingest.airbyte import INGEST_GROUP
-from activation.defs.transform.dbt import TRANSFORM_GROUP
 from activation.lib.destinations import mart_asset_key
 from activation.sandbox.launcher import SandboxProcess
 from activation.tooling.demo import ChainResult, run_chain
@@ -39,6 +37,7 @@ from tests.support.gate_support import (
     step_failures,
     sync_key,
     synced,
+    transform_and_its_sources,
 )
 
 CONTACTS = "salesforce_contacts"
@@ -61,10 +60,7 @@ def _good_again(sandbox: SandboxProcess, instance: dg.DagsterInstance) -> None:
 
     sandbox.set_scenario()
     definitions = build_definitions()
-    upstream = dg.AssetSelection.groups(INGEST_GROUP, TRANSFORM_GROUP).resolve(
-        definitions.resolve_asset_graph()
-    )
-    result = launch(instance, *upstream, definitions=definitions)
+    result = launch(instance, *transform_and_its_sources(definitions), definitions=definitions)
     assert result.success, step_failures(result)
 
 
