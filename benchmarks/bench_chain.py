@@ -24,8 +24,11 @@ count too), and peak RSS of the tree (sampled from /proc every 0.2 s). The
 sandbox's own CPU is counted in none of them (it is the same external world for all); its peak
 RSS is printed at the end. Rows shipped per destination are read back from the CRM stand-ins and
 compared between runs of a pair. Each job execute run also prints where its time went, from its
-event log (`run_phases`). The last line is `ratio wall=X cpu=Y`: medians over the pairs of
-(job execute / bare).
+event log (`run_phases`): stages that add up to its wall time, then costs inside them. Each bare
+run prints its own stages (`bare_phases`), from marks the script prints after each. Each run
+also prints the sandbox's CPU during it: on two cores the sandbox and the run share the CPU, so
+the run's own CPU slows the stand-ins it waits on. The last line is `ratio wall=X cpu=Y`: medians
+over the pairs of (job execute / bare).
 
 Not in the bare script: the guard checks and Dagster's quality gate (that is Dagster work), and
 `dagster job execute` posts no run summary (the daemon's summary sensor does, after the run).
@@ -56,6 +59,7 @@ from pathlib import Path
 from activation.lib.paths import PROJECT_ROOT
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_SECONDS = 0.2
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -70,15 +74,27 @@ class Figure:
     phases: dict[str, float] | None = None
 
 
-PHASES = ("to run start", "forkserver", "step starts", "dbt step")
+# The run's wall time, end to end: each stage starts where the previous one ends, so they add up
+# to the job's wall.
+STAGES = ("to run start", "to dbt", "dbt step", "checks", "syncs", "to exit")
+# Costs inside those stages: the forkserver starting and preloading (before the first step),
+# step processes from launch to step start (summed over the steps), and the wait from a sync's
+# end to the start of the sync declared `after` it (summed over the `after` pairs).
+COSTS = ("forkserver", "step starts", "after handoff")
+PHASES = STAGES + COSTS
 
 
-def run_phases(home: Path, started: float) -> dict[str, float]:
-    """Where the newest run in `home` spent its time, from its event log: process start -> run
-    start (interpreter, imports, definitions), the first step process (the forkserver starting
-    and preloading), each later step process from launch to its step start (summed), the dbt
-    step itself."""
+def run_phases(home: Path, started: float, ended: float) -> dict[str, float]:
+    """Where the newest run in `home` spent its time, from its event log; `started` and `ended`
+    are when its process started and exited (epoch seconds).
+
+    Stages: process start -> run start (interpreter, imports, definitions, the run and its
+    planned events); -> dbt step start (the Airbyte step, step launches); the dbt step; -> first
+    sync step start (the guards and the other checks on the marts, and the syncs' launch); ->
+    last sync step end (the syncs, one after another where `after` says so); -> process exit."""
     import dagster as dg
+
+    from activation.lib.destinations import load_destinations
 
     previous = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(home)
@@ -99,12 +115,53 @@ def run_phases(home: Path, started: float) -> dict[str, float]:
             times.setdefault((event.event_type_value, event.step_key or ""), entry.timestamp)
     launched = sorted((t, k) for (kind, k), t in times.items() if kind == "STEP_WORKER_STARTING")
     first_step = launched[0][1]
+    syncs = {d.key: f"activate__{d.key}" for d in load_destinations() if d.sync_id}
+    sync_starts = [times[("STEP_START", step)] for step in syncs.values()]
+    sync_ends = [times[("STEP_SUCCESS", step)] for step in syncs.values()]
+    dbt_start, dbt_end = times[("STEP_START", "dbt_build")], times[("STEP_SUCCESS", "dbt_build")]
+    handoffs = [
+        times[("STEP_START", syncs[d.key])] - times[("STEP_SUCCESS", syncs[upstream])]
+        for d in load_destinations()
+        if d.key in syncs
+        for upstream in d.after
+        if upstream in syncs
+    ]
     return {
         "to run start": times[("PIPELINE_START", "")] - started,
+        "to dbt": dbt_start - times[("PIPELINE_START", "")],
+        "dbt step": dbt_end - dbt_start,
+        "checks": min(sync_starts) - dbt_end,
+        "syncs": max(sync_ends) - min(sync_starts),
+        "to exit": ended - max(sync_ends),
         "forkserver": times[("STEP_WORKER_STARTED", first_step)] - launched[0][0],
         "step starts": sum(times[("STEP_START", key)] - t for t, key in launched[1:]),
-        "dbt step": times[("STEP_SUCCESS", "dbt_build")] - times[("STEP_START", "dbt_build")],
+        "after handoff": sum(handoffs),
     }
+
+
+BARE_STAGES = ("start + airbyte", "dbt", "syncs", "to exit")
+
+
+def bare_phases(log: Path, started: float, ended: float) -> dict[str, float]:
+    """The bare script's stages, from the marks it prints (epoch seconds after each stage)."""
+    marks = {
+        fields[1]: float(fields[2])
+        for line in log.read_text().splitlines()
+        if (fields := line.split()) and fields[0] == "BENCH_MARK"
+    }
+    return {
+        "start + airbyte": marks["airbyte"] - started,
+        "dbt": marks["dbt"] - marks["airbyte"],
+        "syncs": marks["syncs"] - marks["dbt"],
+        "to exit": ended - marks["syncs"],
+    }
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) `pid` has used so far, with its waited-for children."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
 
 
 def _children() -> dict[int, list[int]]:
@@ -219,10 +276,12 @@ with httpx.Client(base_url=base + SANDBOX_AIRBYTE_REST_PREFIX, timeout=30) as ht
         if status in ("failed", "cancelled"):
             sys.exit(f"airbyte job {status}")
         time.sleep(0.25)
+print("BENCH_MARK airbyte", time.time(), flush=True)
 dbt = str(Path(sys.executable).parent / "dbt")
 subprocess.run([dbt, "--no-use-colors", "build", "--project-dir", str(DBT_PROJECT_DIR),
                 "--profiles-dir", str(DBT_PROJECT_DIR), "--target", "duckdb",
                 "--target-path", os.environ["BENCH_DBT_TARGET_PATH"], "--quiet"], check=True)
+print("BENCH_MARK dbt", time.time(), flush=True)
 destinations = [d for d in load_destinations() if d.sync_id]
 
 def sync(destination):
@@ -245,6 +304,7 @@ else:
 for wave in waves:
     with concurrent.futures.ThreadPoolExecutor(len(wave)) as pool:
         runs += list(pool.map(sync, wave))
+print("BENCH_MARK syncs", time.time(), flush=True)
 httpx.post(base + SANDBOX_SLACK_WEBHOOK_PATH,
            json={"text": f"{len(runs)} syncs done"}, timeout=30).raise_for_status()
 """
@@ -281,18 +341,23 @@ class Bench:
         self.runs += 1
         log = self.folder / f"run{self.runs:02d}-{name.replace(' ', '_')}.log"
         started = time.time()
+        sandbox_before = process_cpu(self.sandbox.process.pid)  # type: ignore[attr-defined]
         wall, cpu, peak = measured(name, command, env, log, {self.sandbox.process.pid})  # type: ignore[attr-defined]
+        sandbox_cpu = process_cpu(self.sandbox.process.pid) - sandbox_before  # type: ignore[attr-defined]
         phases = None
         if name == "job execute":
-            phases = run_phases(Path(self.env["DAGSTER_HOME"]), started)
+            phases = run_phases(Path(self.env["DAGSTER_HOME"]), started, started + wall)
+        elif name.startswith("bare"):
+            phases = bare_phases(log, started, started + wall)
         figure = Figure(name, wall, cpu, peak, self.shipped(), phases)
         print(
             f"  {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  peak RSS {peak:7.0f} MB  "
-            f"shipped {sum(figure.shipped.values())} rows",
+            f"shipped {sum(figure.shipped.values())} rows  (sandbox cpu {sandbox_cpu:.2f} s)",
             flush=True,
         )
         if phases:
-            print("               " + "  ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+            for names in (STAGES, COSTS) if name == "job execute" else (BARE_STAGES,):
+                print("               " + "  ".join(f"{k} {phases[k]:.2f} s" for k in names))
         return figure
 
 
@@ -377,13 +442,15 @@ def main() -> int:
                 f"median {name:<12} wall {wall:7.2f} s  cpu {cpu:7.2f} s  "
                 f"peak RSS of the process tree {rss:6.0f} MB"
             )
-        print(
-            "median phases of job execute: "
-            + "  ".join(
-                f"{phase} {statistics.median(p['job execute'].phases[phase] for p in pairs):.2f} s"  # type: ignore[index]
-                for phase in PHASES
+        for name, names in (("job execute", PHASES), ("bare", BARE_STAGES)):
+            medians = {
+                phase: statistics.median(p[name].phases[phase] for p in pairs)  # type: ignore[index]
+                for phase in names
+            }
+            print(
+                f"median phases of {name}: "
+                + "  ".join(f"{phase} {value:.2f} s" for phase, value in medians.items())
             )
-        )
         print(f"sandbox RSS at the end ({args.rows} customers): {sandbox_peak:.0f} MB")
         print(f"shipped per destination (every run): {pairs[0]['bare'].shipped}")
 
