@@ -46,7 +46,6 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-
     folder = tmp_path_factory.mktemp("dbt_out_of_process")
     shutil.copy(LISTING, folder / "airbyte_listing.json")
     prepare_manifest_in(folder)

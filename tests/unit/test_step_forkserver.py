@@ -88,7 +88,6 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def probe_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-
     data = tmp_path_factory.mktemp("forkserver_data")
     shutil.copy(LISTING, data / "airbyte_listing.json")
     prepare_manifest_in(data)
