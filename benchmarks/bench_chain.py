@@ -115,13 +115,14 @@ def run_phases(home: Path, started: float, ended: float) -> dict[str, float]:
             times.setdefault((event.event_type_value, event.step_key or ""), entry.timestamp)
     launched = sorted((t, k) for (kind, k), t in times.items() if kind == "STEP_WORKER_STARTING")
     first_step = launched[0][1]
-    syncs = {d.key: f"activate__{d.key}" for d in load_destinations() if d.sync_id}
+    destinations = load_destinations()
+    syncs = {d.key: f"activate__{d.key}" for d in destinations if d.sync_id}
     sync_starts = [times[("STEP_START", step)] for step in syncs.values()]
     sync_ends = [times[("STEP_SUCCESS", step)] for step in syncs.values()]
     dbt_start, dbt_end = times[("STEP_START", "dbt_build")], times[("STEP_SUCCESS", "dbt_build")]
     handoffs = [
         times[("STEP_START", syncs[d.key])] - times[("STEP_SUCCESS", syncs[upstream])]
-        for d in load_destinations()
+        for d in destinations
         if d.key in syncs
         for upstream in d.after
         if upstream in syncs
